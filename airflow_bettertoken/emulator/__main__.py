@@ -1,0 +1,43 @@
+"""``python -m airflow_bettertoken.emulator``: serve the emulator until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from airflow_bettertoken.emulator.app import EmulatorConfig, create_app
+from airflow_bettertoken.protocol import SIZES
+
+
+def _size_pair(text: str) -> tuple[str, str]:
+    requested, sep, returned = text.partition("=")
+    if not sep or requested not in SIZES or "x" not in returned:
+        raise argparse.ArgumentTypeError(
+            f"expected REQUESTED=WxH with REQUESTED one of {SIZES}, got {text!r}"
+        )
+    return requested, returned
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bettertoken-emulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", default=None, help="the only key accepted (default: any key)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds each edit takes")
+    parser.add_argument(
+        "--size-map",
+        type=_size_pair,
+        action="append",
+        default=[],
+        metavar="REQUESTED=WxH",
+        help="return other pixels than requested, e.g. 1024x1024=1000x1000 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    config = EmulatorConfig(api_key=args.api_key, latency=args.latency, size_map=dict(args.size_map))
+    print(f"BetterToken emulator on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", lifespan="off")
+
+
+if __name__ == "__main__":
+    main()

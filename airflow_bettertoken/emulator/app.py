@@ -1,0 +1,302 @@
+"""A local stand-in for BetterToken's ``/v1/images/edits`` and ``/v1/models``, with fault injection.
+
+Control endpoints under ``/_emulator`` let tests queue faults, change the size map and
+latency, and read what the emulator received: how many POSTs came, how many were paid
+(an image was generated), and which are still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import socket
+import struct
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.responses import JSONResponse, Response
+
+from airflow_bettertoken.emulator.imaging import render_edit
+from airflow_bettertoken.protocol import (
+    IMAGE_TYPES,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    MODEL,
+    SIZES,
+    sniff_image_type,
+)
+
+
+@dataclass
+class EmulatorConfig:
+    """How the emulator behaves.
+
+    :param api_key: the only key accepted; any non-empty bearer token when None.
+    :param latency: seconds each edit takes, like the real service's minutes.
+    :param size_map: requested tier to the pixels returned, e.g. ``{"1024x1024": "1000x1000"}``.
+    """
+
+    api_key: str | None = None
+    latency: float = 0.0
+    size_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Ledger:
+    """What the emulator has received since the last reset."""
+
+    posts: int = 0
+    paid: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    open: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "posts": self.posts,
+            "paid": self.paid,
+            "open": list(self.open.values()),
+            "requests": self.requests,
+        }
+
+
+class EmulatorError(Exception):
+    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def error_response(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "code": code, "param": param}}
+    return JSONResponse(body, status_code=status)
+
+
+def reset_connection(receive: Any) -> None:
+    """Send a TCP reset on the connection under this request. Works under uvicorn only."""
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    if transport is None:
+        raise RuntimeError("connection faults need the emulator to run under uvicorn")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:  # linger 0 turns the close into a reset
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class ResetResponse(Response):
+    """Answers nothing: the connection is reset before any byte is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        reset_connection(receive)
+
+
+class TruncatedResponse(Response):
+    """Sends the headers and half of ``body``, then resets the connection."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send(
+            {"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True}
+        )
+        await asyncio.sleep(0.05)  # let the partial body leave before the reset
+        reset_connection(receive)
+
+
+def _check_auth(request: Request, config: EmulatorConfig) -> None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise EmulatorError(401, "You didn't provide an API key.", "missing_api_key")
+    if config.api_key is not None and token != config.api_key:
+        raise EmulatorError(401, "Incorrect API key provided.", "invalid_api_key")
+
+
+async def _check_images(form: Any) -> list[bytes]:
+    single, repeated = form.getlist("image"), form.getlist("image[]")
+    if single and repeated:
+        raise EmulatorError(
+            400, "Send one reference as 'image' or several as 'image[]', not both.", "invalid_value"
+        )
+    if len(single) > 1:
+        raise EmulatorError(
+            400, "Several references go in repeated 'image[]' fields.", "invalid_value", "image"
+        )
+    uploads = single or repeated
+    if not 1 <= len(uploads) <= MAX_IMAGES:
+        raise EmulatorError(400, f"Between 1 and {MAX_IMAGES} images are required.", "invalid_value", "image")
+    images = []
+    for upload in uploads:
+        if not isinstance(upload, UploadFile):
+            raise EmulatorError(400, "Each image must be a file upload.", "invalid_value", "image")
+        content_type = (upload.content_type or "").split(";")[0].strip()
+        if content_type not in IMAGE_TYPES:
+            raise EmulatorError(
+                400,
+                f"Invalid file '{upload.filename}': unsupported mimetype ('{content_type}'). "
+                "Supported file formats are 'image/jpeg', 'image/png', and 'image/webp'.",
+                "unsupported_file_mimetype",
+                "image",
+            )
+        data = await upload.read()
+        if len(data) > MAX_IMAGE_BYTES:
+            raise EmulatorError(400, f"Image '{upload.filename}' is larger than 50 MB.", "image_too_large")
+        if sniff_image_type(data) != content_type:
+            raise EmulatorError(
+                400, f"Image '{upload.filename}' is not a valid {content_type} file.", "invalid_image_format"
+            )
+        images.append(data)
+    return images
+
+
+def _check_fields(form: Any) -> tuple[str, str]:
+    def value(name: str, default: str | None = None) -> str | None:
+        got = form.get(name)
+        return got if isinstance(got, str) else default
+
+    if value("model") != MODEL:
+        raise EmulatorError(
+            400, f"Invalid model {value('model')!r}; use '{MODEL}'.", "invalid_model", "model"
+        )
+    prompt = value("prompt", "")
+    if not prompt.strip():
+        raise EmulatorError(400, "prompt is required.", "invalid_value", "prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise EmulatorError(
+            400, f"prompt is longer than {MAX_PROMPT_CHARS} characters.", "string_above_max_length"
+        )
+    if value("n", "1") != "1":
+        raise EmulatorError(400, "n must be 1.", "invalid_value", "n")
+    size = value("size", "auto")
+    if size not in SIZES:
+        raise EmulatorError(
+            400, f"Invalid size {size!r}; supported: {', '.join(SIZES)}.", "invalid_value", "size"
+        )
+    if value("response_format", "b64_json") != "b64_json":
+        raise EmulatorError(400, "response_format must be b64_json.", "invalid_value", "response_format")
+    if value("output_format", "png") != "png":
+        raise EmulatorError(400, "output_format must be png.", "invalid_value", "output_format")
+    return prompt, size
+
+
+def _fault_response(fault: dict[str, Any]) -> Response:
+    headers = fault.get("headers") or {}
+    if "json" in fault:
+        body = json.dumps(fault["json"]).encode()
+        headers = {"content-type": "application/json", **headers}
+    elif "body_b64" in fault:
+        body = base64.b64decode(fault["body_b64"])
+    else:
+        body = str(fault.get("body", "")).encode()
+    return Response(body, status_code=int(fault.get("status", 200)), headers=headers)
+
+
+def create_app(config: EmulatorConfig | None = None) -> FastAPI:
+    """The emulator as an ASGI app; serve it with uvicorn (connection faults need uvicorn)."""
+    initial = config or EmulatorConfig()
+    app = FastAPI(title="BetterToken emulator", docs_url=None, redoc_url=None)
+    state = {"config": EmulatorConfig(initial.api_key, initial.latency, dict(initial.size_map))}
+    ledger = Ledger()
+    faults: deque[dict[str, Any]] = deque()
+    ids = itertools.count(1)
+
+    @app.exception_handler(EmulatorError)
+    async def _emulator_error(request: Request, err: EmulatorError) -> JSONResponse:
+        return error_response(err.status, err.message, err.code, err.param)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        _check_auth(request, state["config"])
+        return {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bettertoken"}]}
+
+    @app.post("/v1/images/edits")
+    async def edit_image(request: Request) -> Response:
+        config: EmulatorConfig = state["config"]
+        request_id = next(ids)
+        ledger.posts += 1
+        ledger.open[request_id] = {
+            "id": request_id,
+            "idempotency_key": request.headers.get("idempotency-key"),
+            "since": time.time(),
+        }
+        entry: dict[str, Any] = {"id": request_id, "idempotency_key": request.headers.get("idempotency-key")}
+        ledger.requests.append(entry)
+        try:
+            form = await request.form()
+            entry["fields"] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+            entry["files"] = [
+                {"field": k, "filename": v.filename, "content_type": v.content_type, "bytes": v.size}
+                for k, v in form.multi_items()
+                if isinstance(v, UploadFile)
+            ]
+            _check_auth(request, config)
+            prompt, size = _check_fields(form)
+            images = await _check_images(form)
+            fault = faults.popleft() if faults else None
+            entry["fault"] = fault and (fault.get("action") or fault.get("status"))
+            if fault and fault.get("action") == "reset":
+                ledger.paid += bool(fault.get("paid", False))
+                return ResetResponse()
+            if fault and "action" not in fault:
+                ledger.paid += bool(fault.get("paid", int(fault.get("status", 200)) == 200))
+                return _fault_response(fault)
+            # From here an image is generated: the real service bills it, even if the client is gone.
+            ledger.paid += 1
+            await asyncio.sleep(config.latency + float((fault or {}).get("seconds", 0)))
+            png = await run_in_threadpool(render_edit, images[0], size, config.size_map)
+            body = {
+                "created": int(time.time()),
+                "data": [{"b64_json": base64.b64encode(png).decode(), "revised_prompt": prompt}],
+                "usage": {
+                    "input_tokens": 50 + 100 * len(images),
+                    "output_tokens": 1000,
+                    "total_tokens": 1050 + 100 * len(images),
+                },
+            }
+            headers = {"x-request-id": f"req_{uuid.uuid4().hex[:16]}"}
+            if fault and fault.get("action") == "truncate":
+                return TruncatedResponse(
+                    json.dumps(body).encode(), headers=headers, media_type="application/json"
+                )
+            return JSONResponse(body, headers=headers)
+        finally:
+            ledger.open.pop(request_id, None)
+
+    @app.post("/_emulator/faults")
+    async def queue_faults(request: Request) -> dict[str, int]:
+        faults.extend(await request.json())
+        return {"queued": len(faults)}
+
+    @app.post("/_emulator/config")
+    async def configure(request: Request) -> dict[str, Any]:
+        changes = await request.json()
+        config = state["config"]
+        state["config"] = EmulatorConfig(
+            changes.get("api_key", config.api_key),
+            float(changes.get("latency", config.latency)),
+            dict(changes.get("size_map", config.size_map)),
+        )
+        return {"latency": state["config"].latency, "size_map": state["config"].size_map}
+
+    @app.get("/_emulator/stats")
+    async def stats() -> dict[str, Any]:
+        return ledger.as_json()
+
+    @app.post("/_emulator/reset")
+    async def reset() -> dict[str, bool]:
+        nonlocal ledger
+        ledger = Ledger()
+        faults.clear()
+        state["config"] = EmulatorConfig(initial.api_key, initial.latency, dict(initial.size_map))
+        return {"reset": True}
+
+    return app

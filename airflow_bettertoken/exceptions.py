@@ -1,0 +1,126 @@
+"""Every error this provider raises, under one base class.
+
+``retryable`` says whether an Airflow task retry could help. The operator turns
+errors that are not retryable into ``AirflowFailException``, so that no task
+retry (and no second payment) is spent on them.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException
+
+
+class BetterTokenError(AirflowException):
+    """Base class of every error raised by airflow-bettertoken."""
+
+    retryable = False
+
+
+class BetterTokenInputError(BetterTokenError):
+    """Raised for bad input (prompt, size, sources, dest), before any paid call."""
+
+
+class BetterTokenConfigError(BetterTokenError):
+    """Raised when the connection is unknown or incomplete, before any paid call."""
+
+
+class BetterTokenAPIError(BetterTokenError):
+    """Raised when the API answers with an error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        request_id: str | None = None,
+        attempts: int = 1,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.attempts = attempts
+
+
+class BetterTokenBadRequestError(BetterTokenAPIError):
+    """Raised on 400 and 422: the request itself was refused (fields, images, content policy)."""
+
+
+class BetterTokenAuthenticationError(BetterTokenAPIError):
+    """Raised on 401: the API key is missing, wrong or revoked."""
+
+
+class BetterTokenPermissionError(BetterTokenAPIError):
+    """Raised on 403: the key may not use this model or endpoint."""
+
+
+class BetterTokenNotFoundError(BetterTokenAPIError):
+    """Raised on 404: the base URL or the model is wrong."""
+
+
+class BetterTokenRateLimitError(BetterTokenAPIError):
+    """Raised on 429 once the retry budget is spent or the requested wait is too long."""
+
+
+class BetterTokenServerError(BetterTokenAPIError):
+    """Raised on 5xx once the retry budget is spent."""
+
+
+class BetterTokenTransportError(BetterTokenError):
+    """Raised when no answer arrived: the connection failed, was reset, or timed out."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, maybe_billed: bool, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.maybe_billed = maybe_billed
+        self.attempts = attempts
+
+
+class BetterTokenResponseError(BetterTokenError):
+    """Raised when a success answer is malformed; the image was probably paid for, so it is not retried."""
+
+
+class BetterTokenOutputExistsError(BetterTokenError):
+    """Raised when ``if_exists="fail"`` and the output object already exists."""
+
+
+class BetterTokenSizeMismatchError(BetterTokenError):
+    """Raised when ``on_size_mismatch="fail"`` and the image differs from the requested size."""
+
+
+class BetterTokenUploadError(BetterTokenError):
+    """Raised when a paid image could not be written to S3; it is kept in the spill directory."""
+
+    retryable = True
+
+
+_ERRORS_BY_STATUS: dict[int, type[BetterTokenAPIError]] = {
+    400: BetterTokenBadRequestError,
+    401: BetterTokenAuthenticationError,
+    403: BetterTokenPermissionError,
+    404: BetterTokenNotFoundError,
+    422: BetterTokenBadRequestError,
+    429: BetterTokenRateLimitError,
+}
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    retryable: bool,
+    code: str | None = None,
+    request_id: str | None = None,
+    attempts: int = 1,
+) -> BetterTokenAPIError:
+    """Build the exception for an error status; ``retryable`` comes from the retry policy."""
+    cls = _ERRORS_BY_STATUS.get(status)
+    if cls is None:
+        cls = BetterTokenServerError if status >= 500 else BetterTokenAPIError
+    return cls(
+        message, status=status, code=code, request_id=request_id, attempts=attempts, retryable=retryable
+    )

@@ -1,0 +1,69 @@
+"""S3 URIs for sources and outputs: parsing, checking, and naming an output after its source."""
+
+from __future__ import annotations
+
+import posixpath
+import unicodedata
+from dataclasses import dataclass
+
+from airflow_bettertoken.exceptions import BetterTokenInputError
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_s3_uri(uri: object, what: str) -> S3Location:
+    """``s3://bucket/key`` as a location; ``what`` names the input in the error."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise BetterTokenInputError(f"{what} must be an s3://bucket/key URI, got {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise BetterTokenInputError(f"{what} {uri!r} names no bucket")
+    if not key:
+        raise BetterTokenInputError(f"{what} {uri!r} names no key")
+    return S3Location(bucket, key)
+
+
+def check_output_key(key: str, what: str = "dest") -> None:
+    """Refuse empty or absolute keys, `.`/`..` segments, control characters, and names not ending .png."""
+    if not key:
+        raise BetterTokenInputError(f"{what} names no key")
+    if key.startswith("/"):
+        raise BetterTokenInputError(f"{what} key {key!r} must not start with '/'")
+    if any(unicodedata.category(ch) == "Cc" for ch in key):
+        raise BetterTokenInputError(f"{what} key {key!r} must not contain control characters")
+    segments = key.rstrip("/").split("/")
+    if any(segment in (".", "..", "") for segment in segments):
+        raise BetterTokenInputError(f"{what} key {key!r} must not contain empty, '.' or '..' path segments")
+    if not key.endswith((".png", "/")):
+        raise BetterTokenInputError(
+            f"{what} key {key!r} must end in .png, or in '/' to name the output after the source"
+        )
+
+
+def parse_dest(dest: object) -> S3Location:
+    """The ``dest`` argument: a full ``.png`` key, or a prefix ending in ``/``."""
+    if not isinstance(dest, str) or not dest.startswith("s3://"):
+        raise BetterTokenInputError(f"dest must be s3://bucket/key.png or s3://bucket/prefix/, got {dest!r}")
+    bucket, _, key = dest[len("s3://") :].partition("/")
+    if not bucket:
+        raise BetterTokenInputError(f"dest {dest!r} names no bucket")
+    check_output_key(key)
+    return S3Location(bucket, key)
+
+
+def output_location(dest: S3Location, first_source: S3Location) -> S3Location:
+    """The output object: ``dest`` itself, or under a prefix, the first source's stem plus ``.png``."""
+    if dest.key and not dest.key.endswith("/"):
+        return dest
+    stem = posixpath.splitext(posixpath.basename(first_source.key))[0]
+    output = S3Location(dest.bucket, f"{dest.key}{stem}.png")
+    check_output_key(output.key)
+    return output
