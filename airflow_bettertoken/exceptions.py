@@ -7,7 +7,10 @@ retry (and no second payment) is spent on them.
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 
 class BetterTokenError(AirflowException):
@@ -124,3 +127,17 @@ def error_for_status(
     return cls(
         message, status=status, code=code, request_id=request_id, attempts=attempts, retryable=retryable
     )
+
+
+@contextmanager
+def fail_task_on_permanent_error() -> Iterator[None]:
+    """In an operator: turn errors that no retry can fix into ``AirflowFailException``.
+
+    A task retry cannot fix them, and for a paid call it might pay again.
+    """
+    try:
+        yield
+    except BetterTokenError as err:
+        if err.retryable:
+            raise
+        raise AirflowFailException(str(err)) from err

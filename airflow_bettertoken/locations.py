@@ -31,6 +31,16 @@ def parse_s3_uri(uri: object, what: str) -> S3Location:
     return S3Location(bucket, key)
 
 
+def parse_s3_prefix(uri: object, what: str) -> S3Location:
+    """``s3://bucket/prefix/`` as a location whose key is the prefix (empty for the bucket's root)."""
+    if not isinstance(uri, str) or not uri.startswith("s3://") or not uri.endswith("/"):
+        raise BetterTokenInputError(f"{what} must be an s3://bucket/prefix/ URI ending in '/', got {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise BetterTokenInputError(f"{what} {uri!r} names no bucket")
+    return S3Location(bucket, key)
+
+
 def check_output_key(key: str, what: str = "dest") -> None:
     """Refuse empty or absolute keys, `.`/`..` segments, control characters, and names not ending .png."""
     if not key:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from airflow_bettertoken.emulator.app import EmulatorConfig, create_app
+from airflow_bettertoken.emulator.sandbox import LocalSandbox
 from airflow_bettertoken.emulator.server import EmulatorControl, EmulatorServer
 
-__all__ = ["EmulatorConfig", "EmulatorControl", "EmulatorServer", "create_app"]
+__all__ = ["EmulatorConfig", "EmulatorControl", "EmulatorServer", "LocalSandbox", "create_app"]

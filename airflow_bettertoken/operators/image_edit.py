@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_bettertoken.exceptions import (
-    BetterTokenError,
     BetterTokenInputError,
     BetterTokenOutputExistsError,
     BetterTokenSizeMismatchError,
     BetterTokenUploadError,
+    fail_task_on_permanent_error,
 )
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook, EditResult
 from airflow_bettertoken.locations import S3Location, output_location, parse_dest, parse_s3_uri
@@ -124,13 +123,8 @@ class BetterTokenImageEditOperator(BaseOperator):
         return S3Hook(aws_conn_id=self.aws_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        try:
+        with fail_task_on_permanent_error():
             return self._edit(context)
-        except BetterTokenError as err:
-            if err.retryable:
-                raise
-            # A task retry cannot fix this one, and might pay again: fail for good.
-            raise AirflowFailException(str(err)) from err
 
     def _edit(self, context: Context) -> dict[str, Any]:
         prompt = check_prompt(self.prompt)
@@ -220,11 +214,7 @@ class BetterTokenImageEditOperator(BaseOperator):
             "png-sha256": sha256,
             "prompt-sha256": hashlib.sha256(prompt.encode()).hexdigest(),
         }
-        sources_text = json.dumps(source_uris)
-        if len(sources_text) <= _MAX_SOURCES_METADATA and sources_text.isascii():
-            metadata["sources"] = sources_text
-        else:
-            metadata["sources-sha256"] = hashlib.sha256(sources_text.encode()).hexdigest()
+        metadata.update(sources_metadata(source_uris))
 
         written = self._upload(output, result.png, metadata, spill, digest, result)
         if not written:
@@ -311,6 +301,12 @@ class BetterTokenImageEditOperator(BaseOperator):
     def _existing_result(self, output: S3Location, head: dict, source_uris: list[str]) -> dict[str, Any]:
         """XCom for an output that exists: the metadata on the object, or its PNG header if it has none."""
         meta = head.get("Metadata") or {}
+        recorded = {k: meta[k] for k in ("sources", "sources-sha256") if k in meta}
+        if recorded and recorded != sources_metadata(source_uris):
+            raise BetterTokenOutputExistsError(
+                f"{output.uri} exists but was made from other sources ({recorded}), so two inputs map to "
+                "one output key. Give each edit its own dest, or pass if_exists='replace'"
+            )
         if "width" in meta and "height" in meta:
             width, height = int(meta["width"]), int(meta["height"])
         else:
@@ -332,6 +328,14 @@ class BetterTokenImageEditOperator(BaseOperator):
             source_uris=source_uris,
             result=None,
         )
+
+
+def sources_metadata(source_uris: list[str]) -> dict[str, str]:
+    """The sources as S3 user metadata: the URI list, or its digest when too long or not ASCII."""
+    text = json.dumps(source_uris)
+    if len(text) <= _MAX_SOURCES_METADATA and text.isascii():
+        return {"sources": text}
+    return {"sources-sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def xcom_record(

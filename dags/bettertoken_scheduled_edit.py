@@ -1,0 +1,39 @@
+"""A scheduled edit: every day, edit that day's reference images with gpt-image-2.
+
+Reads ``s3://<in_bucket>/incoming/<ds>/`` and writes ``s3://<out_bucket>/edited/<ds>/``,
+keeping each image's relative path. A day with no images skips the edit task.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param
+
+from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+
+with DAG(
+    dag_id="bettertoken_scheduled_edit",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["bettertoken", "example"],
+    params={
+        "in_bucket": Param("bettertoken-in", type="string"),
+        "out_bucket": Param("bettertoken-out", type="string"),
+        "prompt": Param("Turn this photo into a clean studio product shot", type="string", minLength=1),
+        "size": Param("auto", type="string"),
+    },
+) as dag:
+    todays_images = BetterTokenListImagesOperator(
+        task_id="list_todays_images",
+        source_prefix="s3://{{ params.in_bucket }}/incoming/{{ ds }}/",
+        dest_prefix="s3://{{ params.out_bucket }}/edited/{{ ds }}/",
+    )
+    BetterTokenImageEditOperator.partial(
+        task_id="edit_image",
+        prompt="{{ params.prompt }}",
+        size="{{ params.size }}",
+        retries=2,
+    ).expand_kwargs(todays_images.output)
