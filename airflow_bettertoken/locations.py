@@ -44,7 +44,7 @@ def parse_s3_prefix(uri: object, what: str) -> S3Location:
 def check_output_key(key: str, what: str = "dest") -> None:
     """Refuse empty or absolute keys, `.`/`..` segments, control characters, and names not ending .png."""
     if not key:
-        raise BetterTokenInputError(f"{what} names no key")
+        raise BetterTokenInputError(f"{what} names no key; use s3://bucket/key.png or s3://bucket/prefix/")
     if key.startswith("/"):
         raise BetterTokenInputError(f"{what} key {key!r} must not start with '/'")
     if any(unicodedata.category(ch) == "Cc" for ch in key):

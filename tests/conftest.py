@@ -1,0 +1,99 @@
+"""Shared fixtures: a private Airflow home, the emulator and moto's S3 server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Airflow reads its configuration when first imported, so this comes before any Airflow import.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="bettertoken-tests-airflow-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+
+import boto3  # noqa: E402
+
+from airflow_bettertoken.emulator.sandbox import LocalSandbox  # noqa: E402
+
+# Retries wait milliseconds in tests; the policy itself is tested with an injected sleeper.
+FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.05}
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    with LocalSandbox(connection_extra=FAST_RETRIES) as box, box.connections():
+        yield box
+
+
+@pytest.fixture
+def emulator(sandbox):
+    """The emulator's control client, its ledger and fault queue cleared for this test."""
+    control = sandbox.emulator.control
+    control.reset()
+    return control
+
+
+@pytest.fixture
+def api_key(sandbox) -> str:
+    """The key the emulator accepts: random per session, and never allowed into any output."""
+    return sandbox.api_key
+
+
+@pytest.fixture(scope="session")
+def s3(sandbox):
+    return boto3.client(
+        "s3",
+        endpoint_url=sandbox.s3_endpoint,
+        aws_access_key_id="sandbox",
+        aws_secret_access_key="sandbox-secret",
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture
+def buckets(s3):
+    """A fresh input and output bucket for this test."""
+    suffix = uuid.uuid4().hex[:10]
+    names = SimpleNamespace(src=f"in-{suffix}", out=f"out-{suffix}")
+    s3.create_bucket(Bucket=names.src)
+    s3.create_bucket(Bucket=names.out)
+    return names
+
+
+@pytest.fixture
+def connection(monkeypatch, sandbox):
+    """Define an extra BetterToken connection for this test; returns its id."""
+
+    def define(extra: dict | None = None, password: str | None = None, host: str | None = None) -> str:
+        conn_id = f"bt_{uuid.uuid4().hex[:8]}"
+        conn = {
+            "conn_type": "bettertoken",
+            "host": host or sandbox.emulator.base_url,
+            "password": sandbox.api_key if password is None else password,
+            "extra": {**FAST_RETRIES, **(extra or {})},
+        }
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return define
+
+
+@pytest.fixture
+def task_context():
+    """The part of a task's context the operators read: the task instance's identity."""
+    ti = SimpleNamespace(dag_id="test_dag", task_id="edit", run_id="manual__test", map_index=-1, try_number=1)
+    return {"ti": ti}
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """An initialised SQLite metadata database, for tests that run DAGs with dag.test()."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)

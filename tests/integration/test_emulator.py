@@ -1,0 +1,79 @@
+"""The emulator accepts exactly what the official openai SDK sends, and refuses what it should."""
+
+from __future__ import annotations
+
+import base64
+
+import openai
+import pytest
+import requests
+
+from airflow_bettertoken.emulator.samples import sample_image
+from airflow_bettertoken.png import read_png_header
+
+PNG = sample_image(300, 200, "png")
+JPEG = sample_image(200, 300, "jpg", seed=1)
+
+
+@pytest.fixture
+def client(sandbox):
+    return openai.OpenAI(api_key=sandbox.api_key, base_url=sandbox.emulator.base_url, max_retries=0)
+
+
+def test_openai_sdk_with_one_image(client, emulator):
+    response = client.images.edit(
+        model="gpt-image-2",
+        image=("mug.png", PNG, "image/png"),
+        prompt="studio shot",
+        size="1536x1024",
+        n=1,
+        response_format="b64_json",
+        output_format="png",
+    )
+    header = read_png_header(base64.b64decode(response.data[0].b64_json))
+    assert (header.width, header.height) == (1536, 1024)
+    [received] = emulator.stats()["requests"]
+    assert [f["field"] for f in received["files"]] == ["image"]
+
+
+def test_openai_sdk_with_several_images(client, emulator):
+    response = client.images.edit(
+        model="gpt-image-2",
+        image=[("a.png", PNG, "image/png"), ("b.jpg", JPEG, "image/jpeg")],
+        prompt="combine",
+    )
+    assert response.data[0].b64_json
+    [received] = emulator.stats()["requests"]
+    assert [f["field"] for f in received["files"]] == ["image[]", "image[]"]
+
+
+def _post(sandbox, files, key=None, **fields):
+    form = {"model": "gpt-image-2", "prompt": "x", **fields}
+    return requests.post(
+        sandbox.emulator.base_url + "/images/edits",
+        headers={"Authorization": f"Bearer {key or sandbox.api_key}"},
+        data=form,
+        files=files,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "fields", "key", "status", "code"),
+    [
+        ([("image", ("a.png", PNG, "image/png"))], {}, "sk-wrong", 401, "invalid_api_key"),
+        ([("image", ("a.png", PNG, "application/octet-stream"))], {}, None, 400, "unsupported_file_mimetype"),
+        ([("image", ("a.png", JPEG, "image/png"))], {}, None, 400, "invalid_image_format"),
+        ([("image", ("a.png", PNG, "image/png"))], {"size": "999x999"}, None, 400, "invalid_value"),
+        ([("image", ("a.png", PNG, "image/png"))], {"model": "dall-e-2"}, None, 400, "invalid_model"),
+        ([("image", ("a.png", PNG, "image/png"))], {"n": "2"}, None, 400, "invalid_value"),
+        ([("image[]", ("a.png", PNG, "image/png"))] * 17, {}, None, 400, "invalid_value"),
+        ([], {}, None, 400, "invalid_value"),
+    ],
+    ids=["bad-key", "octet-stream", "type-lies", "bad-size", "bad-model", "n-2", "17-images", "no-image"],
+)
+def test_emulator_refuses_bad_requests_openai_style(sandbox, emulator, files, fields, key, status, code):
+    response = _post(sandbox, files, key, **fields)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert emulator.stats()["paid"] == 0

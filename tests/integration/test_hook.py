@@ -1,0 +1,159 @@
+"""The hook against the emulator over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from airflow_bettertoken.emulator.samples import sample_image
+from airflow_bettertoken.exceptions import (
+    BetterTokenAuthenticationError,
+    BetterTokenBadRequestError,
+    BetterTokenConfigError,
+    BetterTokenInputError,
+)
+from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+
+PNG = sample_image(300, 200, "png")
+JPEG = sample_image(200, 300, "jpg", seed=1)
+WEBP = sample_image(200, 200, "webp", seed=2)
+
+
+def test_one_reference_on_the_wire(emulator):
+    result = BetterTokenHook().edit_image("make it shine", [("mug.png", PNG)], "1024x1024")
+
+    [received] = emulator.stats()["requests"]
+    assert received["fields"] == {
+        "model": "gpt-image-2",
+        "prompt": "make it shine",
+        "n": "1",
+        "size": "1024x1024",
+        "response_format": "b64_json",
+        "output_format": "png",
+    }
+    assert received["files"] == [
+        {"field": "image", "filename": "mug.png", "content_type": "image/png", "bytes": len(PNG)}
+    ]
+    assert (result.width, result.height, result.size_matches) == (1024, 1024, True)
+    assert result.png.startswith(b"\x89PNG")
+    assert result.request_id.startswith("req_")
+    assert result.usage["total_tokens"] > 0
+    assert result.attempts == 1
+
+
+def test_several_references_on_the_wire_in_order(emulator):
+    BetterTokenHook().edit_image("blend", [("a.jpg", JPEG), ("b.webp", WEBP), PNG])
+
+    [received] = emulator.stats()["requests"]
+    assert [(f["field"], f["filename"], f["content_type"]) for f in received["files"]] == [
+        ("image[]", "a.jpg", "image/jpeg"),
+        ("image[]", "b.webp", "image/webp"),
+        ("image[]", "image-3.png", "image/png"),
+    ]
+
+
+def test_the_decoded_image_is_the_truth_when_the_server_changes_the_size(emulator):
+    emulator.configure(size_map={"1536x1024": "1520x1008"})
+    result = BetterTokenHook().edit_image("wide", [PNG], "1536x1024")
+    assert (result.width, result.height) == (1520, 1008)
+    assert result.requested_size == "1536x1024"
+    assert result.size_matches is False
+
+
+def test_auto_size_follows_the_reference(emulator):
+    result = BetterTokenHook().edit_image("tall", [JPEG])
+    assert (result.width, result.height, result.size_matches) == (1024, 1536, None)
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (
+            {
+                "status": 400,
+                "json": {"error": {"message": "Your request was rejected by the safety system."}},
+            },
+            BetterTokenBadRequestError,
+        ),
+        (
+            {"status": 401, "json": {"error": {"message": "Incorrect API key provided."}}},
+            BetterTokenAuthenticationError,
+        ),
+    ],
+    ids=["400", "401"],
+)
+def test_client_errors_are_not_retried(emulator, fault, error):
+    emulator.queue(fault)
+    with pytest.raises(error) as info:
+        BetterTokenHook().edit_image("x", [PNG])
+    assert emulator.stats()["posts"] == 1
+    assert info.value.retryable is False
+    assert f"answered {fault['status']}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 429, "headers": {"retry-after-ms": "10"}, "json": {"error": {"message": "slow down"}}},
+        {"status": 500, "json": {"error": {"message": "oops"}}},
+    ],
+    ids=["429", "500"],
+)
+def test_transient_errors_are_retried_with_the_same_idempotency_key(emulator, fault):
+    emulator.queue(fault)
+    result = BetterTokenHook().edit_image("x", [PNG])
+    stats = emulator.stats()
+    assert (stats["posts"], stats["paid"], result.attempts) == (2, 1, 2)
+    keys = {r["idempotency_key"] for r in stats["requests"]}
+    assert len(keys) == 1 and None not in keys
+
+
+def test_bad_input_is_refused_before_any_request(emulator):
+    with pytest.raises(BetterTokenInputError, match="not PNG, JPEG or WEBP"):
+        BetterTokenHook().edit_image("x", [b"GIF89a" + b"\0" * 100])
+    assert emulator.stats()["posts"] == 0
+
+
+def test_test_connection_lists_models_without_paying(emulator, connection):
+    ok, message = BetterTokenHook().test_connection()
+    assert ok, message
+    assert "1 models" in message
+    ok, message = BetterTokenHook(connection(password="sk-wrong-key-123456")).test_connection()
+    assert not ok
+    assert "401" in message
+    assert emulator.stats()["posts"] == 0
+
+
+@pytest.mark.parametrize(
+    ("conn", "message"),
+    [
+        ({"password": ""}, "has no API key"),
+        ({"host": "www.bettertoken.ai/v1"}, "must be a base URL starting with https://"),
+        ({"extra": {"timeout": "soon"}}, "'timeout' must be a number of seconds"),
+        ({"extra": {"max_attempts": 0}}, "max_attempts must be at least 1"),
+    ],
+    ids=["no-key", "no-scheme", "bad-timeout", "zero-attempts"],
+)
+def test_bad_connections_are_refused_before_any_request(emulator, connection, conn, message):
+    hook = BetterTokenHook(connection(**conn))
+    with pytest.raises(BetterTokenConfigError, match=message):
+        hook.edit_image("x", [PNG])
+    assert emulator.stats()["posts"] == 0
+
+
+def test_unknown_connection_is_named(emulator):
+    with pytest.raises(BetterTokenConfigError, match="'no_such_conn' is not defined"):
+        BetterTokenHook("no_such_conn").edit_image("x", [PNG])
+
+
+def test_sessions_send_tcp_keepalive(sandbox):
+    hook = BetterTokenHook()
+    hook.edit_image("x", [PNG])
+    adapter = hook.get_conn().get_adapter(sandbox.emulator.base_url)
+    options = adapter.poolmanager.connection_pool_kw["socket_options"]
+    assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in options
+    pools = adapter.poolmanager.pools
+    [pool] = [pools[key] for key in pools.keys()]  # noqa: SIM118 (the container refuses iteration)
+    [used] = [conn for conn in pool.pool.queue if conn is not None]  # the edit's, back in the pool
+    assert used.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
