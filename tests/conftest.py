@@ -97,3 +97,25 @@ def task_context():
 def airflow_db():
     """An initialised SQLite metadata database, for tests that run DAGs with dag.test()."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+_FAULT_MATRIX: list[dict] = []
+
+
+@pytest.fixture(scope="session")
+def fault_matrix() -> list[dict]:
+    """Where the fault matrix cases record themselves for the summary line."""
+    return _FAULT_MATRIX
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FAULT_MATRIX:
+        return
+    passed = sum(case["passed"] for case in _FAULT_MATRIX)
+    paid = sum(case["paid"] for case in _FAULT_MATRIX)
+    expected = sum(case["expected"] for case in _FAULT_MATRIX)
+    bad = sum(case["bad"] for case in _FAULT_MATRIX)
+    terminalreporter.write_line(
+        f"fault matrix: {len(_FAULT_MATRIX)} cases, {passed} passed; paid POSTs {paid} counted, "
+        f"{expected} expected; objects lost or corrupt: {bad}"
+    )

@@ -117,6 +117,35 @@ def test_fail_refuses_an_existing_output_without_paying(s3, buckets, emulator, t
     assert emulator.stats()["posts"] == 0
 
 
+@pytest.mark.parametrize("mode", ["record", "warn"])
+def test_a_size_mismatch_is_recorded_or_warned_and_stored(s3, buckets, emulator, task_context, capfd, mode):
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    emulator.configure(size_map={"2048x2048": "2000x2000"})
+    xcom = edit(
+        source=f"s3://{buckets.src}/a.png",
+        dest=f"s3://{buckets.out}/a.png",
+        size="2048x2048",
+        on_size_mismatch=mode,
+    ).execute(task_context)
+    assert (xcom["width"], xcom["size_matches"]) == (2000, False)
+    assert ("Size mismatch" in capfd.readouterr().out) is (mode == "warn")
+    assert s3.head_object(Bucket=buckets.out, Key="a.png")["Metadata"]["width"] == "2000"
+
+
+def test_a_size_mismatch_can_fail_the_task_keeping_the_image(s3, buckets, emulator, task_context, tmp_path):
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    emulator.configure(size_map={"2048x2048": "2000x2000"})
+    op = {"source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png", "size": "2048x2048"}
+    with pytest.raises(AirflowFailException, match="asked for 2048x2048, got 2000x2000") as info:
+        edit(**op, on_size_mismatch="fail", spill_dir=str(tmp_path)).execute(task_context)
+    [kept] = tmp_path.glob("*.png")
+    assert str(kept) in str(info.value)
+    assert "Contents" not in s3.list_objects_v2(Bucket=buckets.out)
+    # Accepting the size later uploads the kept image instead of paying again.
+    xcom = edit(**op, on_size_mismatch="record", spill_dir=str(tmp_path)).execute(task_context)
+    assert (xcom["width"], emulator.stats()["paid"]) == (2000, 1)
+
+
 def test_two_sources_for_one_output_are_caught(s3, buckets, emulator, task_context):
     for name in ("a/x.png", "b/x.png"):
         s3.put_object(Bucket=buckets.src, Key=name, Body=PNG)

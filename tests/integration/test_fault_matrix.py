@@ -1,0 +1,304 @@
+"""The fault matrix: every fault the API, S3 or concurrency can throw, and every kind of bad input.
+
+Each case asserts the outcome, the paid POSTs the emulator counted, and the S3 state
+afterwards (no object, or exactly one valid one), and that the API key showed up nowhere.
+The session ends with a summary line (see ``pytest_terminal_summary`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_bettertoken.emulator.samples import sample_image
+from airflow_bettertoken.exceptions import BetterTokenError
+from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+from airflow_bettertoken.png import verify_png
+from tests.broken_pngs import png_claiming, with_bad_crc
+from tests.integration.s3_fault_proxy import S3FaultProxy
+
+PNG = sample_image(160, 120)
+ERROR = {"error": {"message": "injected", "type": "server_error"}}
+
+
+def answer(png: bytes | None = None, b64: str | None = None) -> dict[str, Any]:
+    """A 200 answer fault carrying the given PNG bytes or base64 text."""
+    text = b64 if b64 is not None else base64.b64encode(png or b"").decode()
+    return {"status": 200, "json": {"created": 1, "data": [{"b64_json": text}]}}
+
+
+@dataclass
+class Case:
+    id: str
+    outcome: str  # "success", "fail" (for good, no task retry) or "retry" (a task retry may help)
+    paid: int
+    objects: int  # valid objects expected at dest afterwards: 0 or 1
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    op: dict[str, Any] = field(default_factory=dict)  # operator arguments
+    conn: dict[str, Any] | None = None  # a dedicated BetterToken connection: extra, password, host
+    posts: int | None = None  # POSTs received, when the case says something about retries
+    source: bytes | None = PNG  # what sits at the source key; None: nothing
+
+
+API_CASES = [
+    Case("01-429-retry-after-seconds", "success", 1, 1, [{"status": 429, "headers": {"retry-after": "1"}, "json": ERROR}], posts=2),
+    Case("02-429-retry-after-ms", "success", 1, 1, [{"status": 429, "headers": {"retry-after-ms": "50"}, "json": ERROR}], posts=2),
+    Case("03-429-retry-after-http-date", "success", 1, 1, [{"status": 429, "headers": {"retry-after": "DATE+1"}, "json": ERROR}], posts=2),
+    Case("04-retry-after-over-the-cap", "retry", 0, 0, [{"status": 429, "headers": {"retry-after": "3600"}, "json": ERROR}], posts=1),
+    Case("05-500-502-503-504-then-success", "success", 1, 1, [{"status": s, "json": ERROR} for s in (500, 502, 503, 504)], op={"retry": {"max_attempts": 5}}, posts=5),
+    Case("06-408", "success", 1, 1, [{"status": 408, "json": ERROR}], posts=2),
+    Case("07-connection-refused", "retry", 0, 0, conn={"host": "http://127.0.0.1:9/v1", "extra": {"max_attempts": 2}}, posts=0),
+    Case("08-reset-before-any-answer", "success", 1, 1, [{"action": "reset"}], posts=2),
+    Case("09-stall-past-the-read-timeout", "success", 2, 1, [{"action": "stall", "seconds": 3}], conn={"extra": {"timeout": 1}}, posts=2),
+    Case("10-headers-then-truncated-body", "success", 2, 1, [{"action": "truncate"}], posts=2),
+    Case("11-200-html-body", "fail", 1, 0, [{"status": 200, "body": "<html><body>Bad gateway</body></html>"}], posts=1),
+    Case("12-200-invalid-json", "fail", 1, 0, [{"status": 200, "body": '{"data": [{"b64_json": "iVBOR'}], posts=1),
+    Case("13-200-no-data", "fail", 1, 0, [{"status": 200, "json": {"created": 1}}], posts=1),
+    Case("14-200-invalid-base64", "fail", 1, 0, [answer(b64="%%% not base64 %%%")], posts=1),
+    Case("15-200-bytes-not-png", "fail", 1, 0, [answer(b"GIF89a" + bytes(64))], posts=1),
+    Case("16a-truncated-png", "fail", 1, 0, [answer(PNG[: len(PNG) // 2])], posts=1),
+    Case("16b-png-with-bad-crc", "fail", 1, 0, [answer(with_bad_crc(PNG))], posts=1),
+    Case("17-png-claiming-100000x100000", "fail", 1, 0, [answer(png_claiming(100_000, 100_000))], posts=1),
+    Case("18-400-content-policy", "fail", 0, 0, [{"status": 400, "json": {"error": {"message": "Your request was rejected by the safety system.", "code": "moderation_blocked"}}}], posts=1),
+    Case("19-401", "fail", 0, 0, [{"status": 401, "json": {"error": {"message": "Incorrect API key provided.", "code": "invalid_api_key"}}}], posts=1),
+]  # fmt: skip
+
+BAD_INPUT_CASES = [
+    Case("25-empty-prompt", "fail", 0, 0, op={"prompt": ""}),
+    Case("26-whitespace-prompt", "fail", 0, 0, op={"prompt": " \n\t"}),
+    Case("27-prompt-over-32000-chars", "fail", 0, 0, op={"prompt": "x" * 32_001}),
+    Case("28-invalid-size", "fail", 0, 0, op={"size": "4096x4096"}),
+    Case("29-no-sources", "fail", 0, 0, op={"source": []}),
+    Case("30-17-sources", "fail", 0, 0, op={"source": ["SRC"] * 17}),
+    Case("31-missing-bucket", "fail", 0, 0, op={"source": "s3://no-such-bucket-xyz/a.png"}),
+    Case("32-missing-key", "fail", 0, 0, source=None),
+    Case("33-source-not-an-image", "fail", 0, 0, source=b"%PDF-1.7 not an image"),
+    Case("34-source-over-50mb", "fail", 0, 0, source=PNG + bytes(50 * 1024 * 1024)),
+    Case("35-dest-key-empty", "fail", 0, 0, op={"dest": "s3://OUT/"}),
+    Case("36-dest-starts-with-slash", "fail", 0, 0, op={"dest": "s3://OUT//a.png"}),
+    Case("37-dest-dotdot-segment", "fail", 0, 0, op={"dest": "s3://OUT/a/../b.png"}),
+    Case("38-dest-dot-segment", "fail", 0, 0, op={"dest": "s3://OUT/./b.png"}),
+    Case("39-dest-control-character", "fail", 0, 0, op={"dest": "s3://OUT/a\x07.png"}),
+    Case("40-dest-not-png", "fail", 0, 0, op={"dest": "s3://OUT/a.jpg"}),
+    Case("41-unknown-connection-id", "fail", 0, 0, op={"bettertoken_conn_id": "no_such_connection"}),
+    Case("42-connection-without-api-key", "fail", 0, 0, conn={"password": ""}),
+]
+
+
+def _resolve(value: Any, buckets: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("SRC", f"s3://{buckets.src}/a.png").replace("OUT", buckets.out)
+    if isinstance(value, list):
+        return [_resolve(v, buckets) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve(v, buckets) for k, v in value.items()}
+    return value
+
+
+def _fault(fault: dict[str, Any]) -> dict[str, Any]:
+    headers = fault.get("headers", {})
+    if headers.get("retry-after", "").startswith("DATE+"):
+        seconds = int(headers["retry-after"][len("DATE+") :])
+        return {**fault, "headers": {"retry-after": formatdate(time.time() + seconds, usegmt=True)}}
+    return fault
+
+
+def run_task(op_kwargs: dict[str, Any], context: dict[str, Any]) -> tuple[str, str]:
+    """Build and run the operator as a task would; the outcome class and any error text."""
+    try:
+        op = BetterTokenImageEditOperator(task_id="edit", **op_kwargs)
+        op.execute(context)
+    except AirflowFailException as err:
+        return "fail", "".join(traceback.format_exception(err))
+    except BetterTokenError as err:
+        return ("retry" if err.retryable else "fail"), "".join(traceback.format_exception(err))
+    return "success", ""
+
+
+def dest_state(s3: Any, bucket: str) -> tuple[int, int]:
+    """(valid PNG objects, broken objects) in the output bucket."""
+    valid = broken = 0
+    for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        try:
+            verify_png(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+            valid += 1
+        except BetterTokenError:
+            broken += 1
+    return valid, broken
+
+
+@pytest.fixture
+def check_case(s3, buckets, emulator, api_key, capfd, fault_matrix):
+    """Assert a case's three facts and record it for the summary line."""
+
+    def check(case_id, outcome, expected_outcome, paid, objects, posts=None, text=""):
+        stats = emulator.stats()
+        valid, broken = dest_state(s3, buckets.out)
+        printed = "".join(capfd.readouterr())
+        lost = max(0, objects - valid)
+        problems = []
+        if outcome != expected_outcome:
+            problems.append(f"outcome {outcome}, expected {expected_outcome}: {text[-600:]}")
+        if stats["paid"] != paid:
+            problems.append(f"{stats['paid']} paid POSTs, expected {paid}")
+        if posts is not None and stats["posts"] != posts:
+            problems.append(f"{stats['posts']} POSTs, expected {posts}")
+        if (valid, broken) != (objects, 0):
+            problems.append(f"{valid} valid and {broken} broken objects, expected {objects} valid")
+        if api_key in text or api_key in printed:
+            problems.append("the API key was shown")
+        fault_matrix.append(
+            {
+                "case": case_id,
+                "passed": not problems,
+                "paid": stats["paid"],
+                "expected": paid,
+                "bad": lost + broken,
+            }
+        )
+        assert not problems, problems
+
+    return check
+
+
+@pytest.mark.parametrize("case", API_CASES + BAD_INPUT_CASES, ids=lambda case: case.id)
+def test_fault_matrix(case, s3, buckets, emulator, connection, task_context, check_case):
+    if case.source is not None:
+        s3.put_object(Bucket=buckets.src, Key="a.png", Body=case.source)
+    if case.faults:
+        emulator.queue(*[_fault(f) for f in case.faults])
+    op_kwargs = {"prompt": "studio shot", "source": "SRC", "dest": "s3://OUT/a.png", **case.op}
+    if case.conn is not None:
+        op_kwargs["bettertoken_conn_id"] = connection(**case.conn)
+
+    outcome, text = run_task(_resolve(op_kwargs, buckets), task_context)
+
+    check_case(case.id, outcome, case.outcome, case.paid, case.objects, case.posts, text)
+
+
+@pytest.fixture
+def faulty_s3(sandbox, monkeypatch):
+    """An AWS connection ``aws_faulty`` whose uploads go through a proxy that can fail them."""
+    proxy = S3FaultProxy(sandbox.s3_endpoint).start()
+    conn = {
+        "conn_type": "aws",
+        "login": "sandbox",
+        "password": "sandbox-secret",
+        # boto3's own retries are off, so that what is tested is the operator's upload loop.
+        "extra": {"endpoint_url": proxy.endpoint, "region_name": "us-east-1", "config_kwargs": {"retries": {"total_max_attempts": 1}}},
+    }  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_FAULTY", json.dumps(conn))
+    yield proxy
+    proxy.stop()
+
+
+def test_20_transient_upload_failure_is_retried(
+    s3, buckets, emulator, task_context, faulty_s3, check_case, tmp_path
+):
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    faulty_s3.fail_puts = 2
+    op = {"prompt": "p", "source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png"}
+    outcome, text = run_task({**op, "aws_conn_id": "aws_faulty", "spill_dir": str(tmp_path)}, task_context)
+
+    assert faulty_s3.failed_puts == 2
+    assert list(tmp_path.iterdir()) == []  # nothing left behind in the spill directory
+    check_case("20-transient-upload-failure", outcome, "success", 1, 1, text=text)
+
+
+def test_21_permanent_upload_failure_keeps_the_paid_image(
+    s3, buckets, emulator, task_context, faulty_s3, check_case, tmp_path
+):
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    faulty_s3.fail_puts = -1
+    op = {
+        "prompt": "p",
+        "source": f"s3://{buckets.src}/a.png",
+        "dest": f"s3://{buckets.out}/a.png",
+        "spill_dir": str(tmp_path),
+    }
+    outcome, text = run_task({**op, "aws_conn_id": "aws_faulty", "upload_deadline": 1.5}, task_context)
+
+    assert outcome == "retry"
+    assert "a rerun on this worker uploads it without paying again" in text
+    [spilled] = tmp_path.glob("*.png")
+    assert str(spilled) in text
+    assert verify_png(spilled.read_bytes())
+    # S3 heals; Airflow retries the task on the same worker: the spilled image is uploaded, nothing is paid.
+    outcome, text = run_task(op, task_context)
+    assert list(tmp_path.glob("*.png")) == []
+    check_case("21-permanent-upload-failure-then-rerun", outcome, "success", 1, 1, posts=1, text=text)
+
+
+def test_22_two_tasks_writing_the_same_dest_at_once(s3, buckets, emulator, task_context, check_case):
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    emulator.configure(latency=0.5)  # both pass the existence check before either writes
+    op = {"prompt": "p", "source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png"}
+    results: list[dict[str, Any]] = []
+
+    def run() -> None:
+        results.append(BetterTokenImageEditOperator(task_id="edit", **op).execute(task_context))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == 2
+    assert sorted(r["skipped"] for r in results) == [False, True]  # the loser reports the winner's object
+    assert results[0]["sha256"] == results[1]["sha256"]
+    check_case("22-two-tasks-same-dest", "success", "success", 2, 1)
+
+
+def test_23_airflow_retry_after_a_success_does_not_pay_again(s3, buckets, emulator, task_context, check_case):
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    op = {"prompt": "p", "source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png"}
+    run_task(op, task_context)
+    task_context["ti"].try_number = 2
+    outcome, text = run_task(op, task_context)
+    check_case("23-task-retry-after-success", outcome, "success", 1, 1, posts=1, text=text)
+
+
+KILLED_TASK = textwrap.dedent(
+    """
+    import sys
+    from types import SimpleNamespace
+    from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+    ti = SimpleNamespace(dag_id="test_dag", task_id="edit", run_id="manual__test", map_index=-1, try_number=1)
+    BetterTokenImageEditOperator(task_id="edit", prompt="p", source=sys.argv[1], dest=sys.argv[2]).execute({"ti": ti})
+    """
+)
+
+
+def test_24_task_killed_mid_request_then_retried(s3, buckets, emulator, task_context, check_case):
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    source, dest = f"s3://{buckets.src}/a.png", f"s3://{buckets.out}/a.png"
+    emulator.configure(latency=3)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_TASK, source, dest], env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while not emulator.stats()["open"]:
+        assert child.poll() is None and time.monotonic() < deadline, "the task never reached the API"
+        time.sleep(0.05)
+    child.kill()  # SIGKILL: no cleanup, like a worker that dies
+    child.wait()
+    emulator.configure(latency=0)
+
+    outcome, text = run_task({"prompt": "p", "source": source, "dest": dest}, task_context)
+
+    keys = [r["idempotency_key"] for r in emulator.stats()["requests"]]
+    assert len(keys) == 2 and keys[0] == keys[1], "the retry must send the same Idempotency-Key"
+    # The killed request was generated (and billed) anyway: one extra POST at most.
+    check_case("24-task-killed-mid-request", outcome, "success", 2, 1, posts=2, text=text)
