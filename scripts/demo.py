@@ -6,6 +6,7 @@ real service instead; S3 stays local. The outputs are copied to ./demo-output/.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,15 +31,18 @@ from airflow_bettertoken.emulator.sandbox import LocalSandbox, return_values  # 
 
 IN_BUCKET, OUT_BUCKET = "bettertoken-in", "bettertoken-out"
 SAMPLES = {"mug.png": (480, 480), "shoes/left.jpg": (640, 400), "lamp.webp": (360, 540)}
+CATALOG = [
+    f"{shelf}/item-{n}.{fmt}"
+    for shelf in ("kitchen", "garden/tools")
+    for n, fmt in enumerate(("jpg", "png", "webp"))
+]
 
 
-def seed_references(s3, day: str) -> None:
-    for bucket in (IN_BUCKET, OUT_BUCKET):
-        s3.create_bucket(Bucket=bucket)
-    for seed, (name, (width, height)) in enumerate(SAMPLES.items()):
+def put_samples(s3, prefix: str, names: dict[str, tuple[int, int]]) -> None:
+    for seed, (name, (width, height)) in enumerate(names.items()):
         data = sample_image(width, height, name.rsplit(".", 1)[1], seed)
-        s3.put_object(Bucket=IN_BUCKET, Key=f"incoming/{day}/{name}", Body=data)
-    print(f"Put {len(SAMPLES)} reference images under s3://{IN_BUCKET}/incoming/{day}/")
+        s3.put_object(Bucket=IN_BUCKET, Key=f"{prefix}{name}", Body=data)
+    print(f"Put {len(names)} reference images under s3://{IN_BUCKET}/{prefix}")
 
 
 def print_table(rows: list[dict]) -> None:
@@ -59,10 +63,26 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
 
 
+def airflow(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "airflow", *args], check=True, capture_output=True)
+
+
+def run_dag(dag, **kwargs) -> list[dict]:
+    run = dag.test(**kwargs)
+    print(f"\nDAG {dag.dag_id}: run {run.state}\n")
+    rows = return_values(dag.dag_id, run.run_id, "edit_image")
+    print_table(rows)
+    if run.state != "success":
+        raise SystemExit(f"{dag.dag_id} did not succeed")
+    return rows
+
+
 def main() -> int:
     AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-    from bettertoken_scheduled_edit import dag  # from dags/, on sys.path below
+    airflow("db", "migrate")
+    airflow("pools", "set", "bettertoken", "4", "BetterToken paid image edits")
+    from bettertoken_backfill import dag as backfill  # from dags/, on sys.path below
+    from bettertoken_scheduled_edit import dag as scheduled
 
     api_key = os.environ.get("BETTERTOKEN_API_KEY")
     day = pendulum.today("UTC").to_date_string()
@@ -76,18 +96,23 @@ def main() -> int:
             aws_secret_access_key="sandbox-secret",
             region_name="us-east-1",
         )
-        seed_references(s3, day)
+        for bucket in (IN_BUCKET, OUT_BUCKET):
+            s3.create_bucket(Bucket=bucket)
+        put_samples(s3, f"incoming/{day}/", SAMPLES)
+        put_samples(s3, "catalog/", {name: (400, 300) for name in CATALOG})
         with sandbox.connections(base_url=base_url, api_key=api_key):
-            run = dag.test(logical_date=pendulum.parse(day))
-        print(f"\nDAG {dag.dag_id}: run {run.state}\n")
-        rows = return_values(dag.dag_id, run.run_id, "edit_image")
-        print_table(rows)
+            rows = run_dag(scheduled, logical_date=pendulum.parse(day))
+            # The backfill runs twice: the second run finds every output and pays for nothing.
+            rows += run_dag(backfill)
+            rerun = run_dag(backfill)
+        manifest = s3.get_object(Bucket=OUT_BUCKET, Key="catalog-edited/_manifest.json")["Body"].read()
+        print(f"\nManifest s3://{OUT_BUCKET}/catalog-edited/_manifest.json: {json.loads(manifest)['counts']}")
         OUTPUT_DIR.mkdir(exist_ok=True)
         for row in rows:
             target = OUTPUT_DIR / row["key"].replace("/", "__")
             target.write_bytes(s3.get_object(Bucket=row["bucket"], Key=row["key"])["Body"].read())
         print(f"\nCopied {len(rows)} PNGs to {OUTPUT_DIR}/")
-    return 0 if run.state == "success" and len(rows) == len(SAMPLES) else 1
+    return 0 if len(rows) == len(SAMPLES) + len(CATALOG) and all(r["skipped"] for r in rerun) else 1
 
 
 if __name__ == "__main__":

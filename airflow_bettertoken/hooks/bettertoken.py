@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 import requests
+from airflow.providers.common.compat.sdk import Stats
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.sdk.log import mask_secret
@@ -302,6 +303,9 @@ class BetterTokenHook(BaseHook):
             if 200 <= response.status_code < 300:
                 answer = parse_edit_answer(response.content, settings.max_pixels)
                 elapsed = round(self._clock() - started, 3)
+                Stats.timing("bettertoken.request.latency", elapsed * 1000)
+                Stats.incr("bettertoken.request.attempts", attempt)
+                Stats.incr("bettertoken.response.bytes", len(response.content))
                 self.log.info(
                     "Edited %d reference(s) into a %dx%d PNG of %d bytes in %d attempt(s), %.1f s",
                     len(request.images),

@@ -10,7 +10,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import Stats
+from airflow.sdk import Asset, AssetAlias, BaseOperator
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_bettertoken.exceptions import (
@@ -124,7 +125,38 @@ class BetterTokenImageEditOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         with fail_task_on_permanent_error():
-            return self._edit(context)
+            xcom = self._edit(context)
+        self._lineage = (xcom["source_uris"], xcom["output_uri"])
+        if xcom["skipped"]:
+            Stats.incr("bettertoken.output.skipped")
+        else:
+            self._report_asset_events(context, xcom)
+        return xcom
+
+    def _report_asset_events(self, context: Context, xcom: dict[str, Any]) -> None:
+        """Add the written object to every ``AssetAlias`` in ``outlets``, so DAGs scheduled on it run."""
+        extra = {"width": xcom["width"], "height": xcom["height"], "sha256": xcom["sha256"]}
+        for outlet in self.outlets:
+            if isinstance(outlet, AssetAlias):
+                context["outlet_events"][outlet].add(Asset(uri=xcom["output_uri"]), extra=extra)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The S3 references as inputs and the PNG as output; None without the OpenLineage provider."""
+        try:
+            from airflow.providers.common.compat.openlineage.facet import Dataset
+            from airflow.providers.openlineage.extractors import OperatorLineage
+        except ImportError:
+            return None
+        lineage = getattr(self, "_lineage", None)
+        if lineage is None:
+            return OperatorLineage()
+        source_uris, output_uri = lineage
+
+        def dataset(uri: str) -> Any:
+            location = parse_s3_uri(uri, "lineage")
+            return Dataset(namespace=f"s3://{location.bucket}", name=location.key)
+
+        return OperatorLineage(inputs=[dataset(uri) for uri in source_uris], outputs=[dataset(output_uri)])
 
     def _edit(self, context: Context) -> dict[str, Any]:
         prompt = check_prompt(self.prompt)
@@ -204,6 +236,7 @@ class BetterTokenImageEditOperator(BaseOperator):
                 raise BetterTokenSizeMismatchError(
                     f"{message}; on_size_mismatch='fail'. The image (sha256 {sha256}) is kept at {path}"
                 )
+            Stats.incr("bettertoken.output.size_mismatch")
             if self.on_size_mismatch == "warn":
                 self.log.warning("Size mismatch: %s", message)
         metadata = {

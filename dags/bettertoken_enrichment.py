@@ -1,0 +1,99 @@
+"""An enrichment step in a data pipeline, scheduled on data rather than on time.
+
+    bettertoken_incoming_producer
+        --(asset bettertoken_incoming)--> bettertoken_enrichment
+        --(alias bettertoken_edited_images: one event per PNG)--> bettertoken_edited_consumer
+
+The producer stands for whatever lands new images in ``s3://<in_bucket>/stream/<batch>/``. The
+enrichment run edits that batch into ``s3://<out_bucket>/enriched/<batch>/`` and reports every
+PNG it wrote as an asset event, so a downstream DAG can be scheduled on edited images.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.sdk import DAG, Asset, AssetAlias, Param, task
+
+from airflow_bettertoken.emulator.samples import sample_image
+from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+
+INCOMING = Asset(name="bettertoken_incoming", uri="s3://bettertoken-in/stream/")
+EDITED = AssetAlias(name="bettertoken_edited_images")
+PARAMS = {
+    "in_bucket": Param("bettertoken-in", type="string"),
+    "out_bucket": Param("bettertoken-out", type="string"),
+}
+
+with DAG(
+    dag_id="bettertoken_incoming_producer",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    tags=["bettertoken", "example"],
+    params={**PARAMS, "images": Param(3, type="integer", minimum=1, maximum=50)},
+):
+
+    @task(outlets=[INCOMING])
+    def land_new_images(params=None, ts_nodash=None, outlet_events=None) -> str:
+        """Put a batch of sample images in the stream, and say where in the asset event."""
+        prefix = f"stream/{ts_nodash}/"
+        s3 = S3Hook()
+        for index in range(params["images"]):
+            data = sample_image(320, 240, "jpg", seed=index)
+            s3.load_bytes(
+                data, key=f"{prefix}shot-{index:03}.jpg", bucket_name=params["in_bucket"], replace=True
+            )
+        uri = f"s3://{params['in_bucket']}/{prefix}"
+        outlet_events[INCOMING].extra = {"prefix": uri}
+        return uri
+
+    land_new_images()
+
+
+with DAG(
+    dag_id="bettertoken_enrichment",
+    schedule=[INCOMING],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    max_active_runs=1,
+    tags=["bettertoken", "example"],
+    params={
+        **PARAMS,
+        "prompt": Param("Relight this photo as a bright studio shot", type="string", minLength=1),
+    },
+):
+
+    @task(multiple_outputs=True)
+    def new_batch(params=None, triggering_asset_events=None) -> dict[str, str]:
+        """The batch the producer announced; with none or several, the whole stream (done images skip)."""
+        stream = f"s3://{params['in_bucket']}/stream/"
+        events = list((triggering_asset_events or {}).get(INCOMING, []))
+        prefixes = {event.extra.get("prefix") for event in events}
+        source = prefixes.pop() if len(prefixes) == 1 and None not in prefixes else stream
+        relative = source.removeprefix(stream)
+        return {"source_prefix": source, "dest_prefix": f"s3://{params['out_bucket']}/enriched/{relative}"}
+
+    batch = new_batch()
+    images = BetterTokenListImagesOperator(
+        task_id="list_new_images", source_prefix=batch["source_prefix"], dest_prefix=batch["dest_prefix"]
+    )
+    BetterTokenImageEditOperator.partial(
+        task_id="edit_image", prompt="{{ params.prompt }}", outlets=[EDITED], retries=2
+    ).expand_kwargs(images.output)
+
+
+with DAG(
+    dag_id="bettertoken_edited_consumer",
+    schedule=[EDITED],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    tags=["bettertoken", "example"],
+):
+
+    @task
+    def use_edited_images(triggering_asset_events=None) -> list[str]:
+        """Stands for any downstream step: here it only lists the PNGs that triggered it."""
+        return sorted(
+            event.asset.uri for events in (triggering_asset_events or {}).values() for event in events
+        )
+
+    use_edited_images()
