@@ -6,13 +6,14 @@ transport (the synchronous hook now, an async one later) shares them.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import pybase64
 
 from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenResponseError
 from airflow_bettertoken.png import DEFAULT_MAX_PIXELS, read_png_header
@@ -145,9 +146,12 @@ def build_edit_request(prompt: str, images: Sequence[ImageInput], size: str = "a
 
 @dataclass(frozen=True)
 class EditAnswer:
-    """A checked success answer: the PNG, its real size, and what else the API said."""
+    """A checked success answer: the PNG, its real size, and what else the API said.
 
-    png: bytes = field(repr=False)
+    ``png`` is a ``bytearray`` when the answer was decoded as it streamed in (no copy was made).
+    """
+
+    png: bytes | bytearray = field(repr=False)
     width: int
     height: int
     revised_prompt: str | None = None
@@ -155,7 +159,7 @@ class EditAnswer:
 
 
 def parse_edit_answer(body: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> EditAnswer:
-    """Check a 200 answer: JSON, ``data[0].b64_json`` present, valid base64, a PNG with a readable IHDR.
+    """Check a whole 200 answer: JSON, ``data[0].b64_json`` present, valid base64, a PNG with a readable IHDR.
 
     :raises BetterTokenResponseError: with a short message that never quotes the body.
     """
@@ -172,11 +176,16 @@ def parse_edit_answer(body: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Edit
     if not isinstance(encoded, str) or not encoded:
         raise BetterTokenResponseError("the answer has no data[0].b64_json")
     try:
-        png = base64.b64decode(encoded, validate=True)
+        png = pybase64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as err:
         raise BetterTokenResponseError("data[0].b64_json is not valid base64") from err
+    return answer_from_document(document, png, max_pixels)
+
+
+def answer_from_document(document: dict[str, Any], png: bytes | bytearray, max_pixels: int) -> EditAnswer:
+    """The answer from its parsed JSON and its decoded PNG, whose header is checked here."""
     header = read_png_header(png, max_pixels)
-    revised_prompt = data[0].get("revised_prompt")
+    revised_prompt = document["data"][0].get("revised_prompt")
     usage = document.get("usage")
     return EditAnswer(
         png=png,

@@ -21,6 +21,7 @@ from urllib3.connection import HTTPConnection
 from urllib3.exceptions import NewConnectionError
 
 from airflow_bettertoken import __version__
+from airflow_bettertoken.answer_stream import EditAnswerStream
 from airflow_bettertoken.exceptions import (
     BetterTokenConfigError,
     BetterTokenError,
@@ -34,10 +35,10 @@ from airflow_bettertoken.protocol import (
     EDITS_PATH,
     MODEL,
     MODELS_PATH,
+    EditAnswer,
     ImageInput,
     build_edit_request,
     fingerprint,
-    parse_edit_answer,
     parse_error_answer,
 )
 from airflow_bettertoken.retry import Failure, RetryPolicy, decide, is_retryable_status
@@ -46,6 +47,8 @@ DEFAULT_TIMEOUT = 900.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # TCP keepalive probes keep a request that waits minutes for its image alive behind NAT
 # and load balancers, which otherwise drop an idle connection without telling either side.
+# Body chunks of 1 MiB: few Python-level steps for a 33 MB answer, little memory held per step.
+_READ_CHUNK = 1 << 20
 _KEEPALIVE_OPTIONS = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 20), ("TCP_KEEPCNT", 6))
 
 
@@ -53,7 +56,7 @@ _KEEPALIVE_OPTIONS = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 20), ("TCP_KEEPCNT
 class EditResult:
     """One generated image and how it was obtained."""
 
-    png: bytes = field(repr=False)
+    png: bytes | bytearray = field(repr=False)
     width: int
     height: int
     requested_size: str
@@ -125,6 +128,14 @@ def _float_extra(extra: Mapping[str, Any], name: str, default: float) -> float:
     if value <= 0:
         raise BetterTokenConfigError(f"connection extra {name!r} must be a number of seconds > 0")
     return value
+
+
+def read_edit_answer(response: requests.Response, max_pixels: int) -> EditAnswer:
+    """Decode a success body as it streams in, so that its base64 text is never held whole."""
+    stream = EditAnswerStream(int(response.headers.get("content-length") or 0), max_pixels)
+    for chunk in response.iter_content(chunk_size=_READ_CHUNK):
+        stream.feed(chunk)
+    return stream.finish()
 
 
 class BetterTokenHook(BaseHook):
@@ -270,6 +281,7 @@ class BetterTokenHook(BaseHook):
         attempt = 0
         while True:
             attempt += 1
+            answer = None
             try:
                 response = self._session.post(
                     url,
@@ -277,7 +289,13 @@ class BetterTokenHook(BaseHook):
                     files=request.form_files(),
                     headers={"Idempotency-Key": idempotency_key},
                     timeout=(settings.connect_timeout, settings.timeout),
+                    stream=True,
                 )
+                with response:
+                    if 200 <= response.status_code < 300:
+                        answer = read_edit_answer(response, settings.max_pixels)
+                    else:
+                        response.content  # noqa: B018 (an error body is small: read it while connected)
             except requests.RequestException as err:
                 kind = failure_kind(err)
                 decision = self._decide(policy, attempt, started, failure=kind)
@@ -300,12 +318,11 @@ class BetterTokenHook(BaseHook):
                 continue
 
             request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
-            if 200 <= response.status_code < 300:
-                answer = parse_edit_answer(response.content, settings.max_pixels)
+            if answer is not None:
                 elapsed = round(self._clock() - started, 3)
                 Stats.timing("bettertoken.request.latency", elapsed * 1000)
                 Stats.incr("bettertoken.request.attempts", attempt)
-                Stats.incr("bettertoken.response.bytes", len(response.content))
+                Stats.incr("bettertoken.response.bytes", len(answer.png))
                 self.log.info(
                     "Edited %d reference(s) into a %dx%d PNG of %d bytes in %d attempt(s), %.1f s",
                     len(request.images),
