@@ -23,3 +23,6 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .demo demo-output .pytest_cache .ruff_cache
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run.py
