@@ -119,9 +119,9 @@ def main() -> None:
                 "BENCH_S3": s3_endpoint,
                 "BENCH_REFERENCE": str(reference),
                 "AIRFLOW_HOME": str(OUT / "airflow-home"),
-                # Large blocks always come from mmap and go back on free, so that one call's peak
-                # is not hidden by memory a previous call left in the heap. Same for both sides.
-                "MALLOC_MMAP_THRESHOLD_": "131072",
+                # Blocks of 4 MiB and more always come from mmap and go back on free, so that one
+                # call's peak is not hidden by memory the warm-up left in the heap. Same for both sides.
+                "MALLOC_MMAP_THRESHOLD_": str(4 << 20),
             }
             try:
                 for scope in ("hook", "operator"):
@@ -205,7 +205,8 @@ def write_results(groups: list[list[dict]]) -> None:
         "after a warm-up call. The loopback server answers at once: the figures are the client's own cost.",
         "The baseline is the openai SDK's `images.edit`, `base64.b64decode` and, for the operator scope,",
         "boto3 `get_object`/`put_object`. Peak RSS growth is VmHWM (reset through `/proc/self/clear_refs`)",
-        "minus VmRSS before the call, with `MALLOC_MMAP_THRESHOLD_=131072` for both sides.",
+        "minus VmRSS before the call, with `MALLOC_MMAP_THRESHOLD_=4194304` for both sides, so that",
+        "large buffers come from mmap and go back to the system on free.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
