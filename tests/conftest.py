@@ -100,6 +100,7 @@ def airflow_db():
 
 
 _FAULT_MATRIX: list[dict] = []
+_CLUSTER_REPORT: list[str] = []
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +109,15 @@ def fault_matrix() -> list[dict]:
     return _FAULT_MATRIX
 
 
+@pytest.fixture(scope="session")
+def cluster_report():
+    """Lines of figures from the cluster test, printed at the end of the session."""
+    return _CLUSTER_REPORT.append
+
+
 def pytest_terminal_summary(terminalreporter):
+    for line in _CLUSTER_REPORT:
+        terminalreporter.write_line(f"cluster: {line}")
     if not _FAULT_MATRIX:
         return
     passed = sum(case["passed"] for case in _FAULT_MATRIX)

@@ -228,7 +228,12 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             "idempotency_key": request.headers.get("idempotency-key"),
             "since": time.time(),
         }
-        entry: dict[str, Any] = {"id": request_id, "idempotency_key": request.headers.get("idempotency-key")}
+        entry: dict[str, Any] = {
+            "id": request_id,
+            "idempotency_key": request.headers.get("idempotency-key"),
+            "started": time.time(),
+            "finished": None,
+        }
         ledger.requests.append(entry)
         try:
             form = await request.form()
@@ -269,6 +274,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 )
             return JSONResponse(body, headers=headers)
         finally:
+            entry["finished"] = time.time()
             ledger.open.pop(request_id, None)
 
     @app.post("/_emulator/faults")

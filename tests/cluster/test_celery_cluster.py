@@ -1,0 +1,206 @@
+"""The backfill DAG on a real cluster: CeleryExecutor, Redis, PostgreSQL and two workers.
+
+``dag.test()`` runs everything in one process and proves nothing about a fleet. Here the
+scheduler, the DAG processor, the API server and two Celery workers are separate processes,
+and one worker is killed mid-run. Needs PostgreSQL and Redis on 127.0.0.1 (skipped without
+them on a laptop; a failure under CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+import pytest
+
+from airflow_bettertoken.emulator import EmulatorControl
+from airflow_bettertoken.emulator.samples import sample_image
+from airflow_bettertoken.png import verify_png
+from tests.cluster.cluster import EMULATOR_LATENCY, PG, REDIS, WORKER_CONCURRENCY, Cluster, reachable
+
+DAG_ID = "bettertoken_backfill"
+BUCKET_IN, BUCKET_OUT = "bettertoken-in", "bettertoken-out"  # the DAG's defaults
+SLOTS = 2 * WORKER_CONCURRENCY
+
+
+def require_services() -> None:
+    missing = [
+        name
+        for name, (host, port) in {"PostgreSQL": (PG["host"], PG["port"]), "Redis": REDIS}.items()
+        if not reachable(host, port)
+    ]
+    if missing:
+        reason = f"the cluster test needs {' and '.join(missing)} listening on 127.0.0.1"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI has them, so their absence is a failure here")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    require_services()
+    logs = Path(tempfile.mkdtemp(prefix="bettertoken-cluster-"))
+    cluster = Cluster(logs)
+    cluster.failed = False
+    try:
+        with failure_names_logs(cluster):
+            cluster.start()
+            s3_client(cluster)  # the default buckets, so the DAG's own daily run finds nothing to do
+            cluster.wait_for_dag(DAG_ID)
+        yield cluster
+    finally:
+        cluster.stop()
+        if not cluster.failed:
+            shutil.rmtree(logs, ignore_errors=True)
+
+
+@contextmanager
+def failure_names_logs(cluster: Cluster):
+    """Keep the component logs of a failed run, and say where they are."""
+    try:
+        yield
+    except BaseException as err:
+        cluster.failed = True
+        raise AssertionError(f"{err}\nComponent logs are kept in {cluster.logs}") from err
+
+
+def s3_client(cluster: Cluster):
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{cluster.s3_port}",
+        aws_access_key_id="cluster",
+        aws_secret_access_key="cluster-secret",
+        region_name="us-east-1",
+    )
+    for bucket in (BUCKET_IN, BUCKET_OUT):
+        if bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+            s3.create_bucket(Bucket=bucket)
+    return s3
+
+
+def emulator(cluster: Cluster) -> EmulatorControl:
+    return EmulatorControl(f"http://127.0.0.1:{cluster.emulator_port}")
+
+
+def seed(s3, prefix: str, count: int) -> list[str]:
+    stems = [f"{prefix}shelf-{n % 7}/row-{n % 3}/item-{n:03}" for n in range(count)]
+    for n, stem in enumerate(stems):
+        s3.put_object(Bucket=BUCKET_IN, Key=f"{stem}.jpg", Body=sample_image(64, 48, "jpg", seed=n))
+    return stems
+
+
+def outputs(s3, prefix: str) -> dict[str, bytes]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET_OUT, Prefix=prefix)
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return {key: s3.get_object(Bucket=BUCKET_OUT, Key=key)["Body"].read() for key in keys}
+
+
+def manifest(found: dict[str, bytes], prefix: str) -> dict:
+    return json.loads(found.pop(f"{prefix}_manifest.json"))
+
+
+def conf(source: str, dest: str) -> dict:
+    return {"source_prefix": source, "dest_prefix": dest, "size": "1024x1024"}
+
+
+def test_run_1_backfill_over_100_images_uses_both_workers(cluster, cluster_report):
+    with failure_names_logs(cluster):
+        s3 = s3_client(cluster)
+        stems = seed(s3, "set/", 100)
+        emulator(cluster).reset()
+        started = time.monotonic()
+        cluster.trigger(DAG_ID, "run-1", conf("set/", "set-edited/"))
+        state = cluster.wait_for_run(DAG_ID, "run-1", timeout=300)
+        wall = time.monotonic() - started
+
+        assert state == "success"
+        stats = emulator(cluster).stats()
+        assert (stats["posts"], stats["paid"]) == (100, 100)
+        found = outputs(s3, "set-edited/")
+        assert manifest(found, "set-edited/")["counts"] == {
+            "planned": 100,
+            "done": 100,
+            "skipped": 0,
+            "failed": 0,
+        }
+        assert sorted(found) == sorted(f"set-edited/{stem.removeprefix('set/')}.png" for stem in stems)
+        assert all(verify_png(png).width == 1024 for png in found.values())
+        hosts = {host for _, _, host, _ in cluster.task_instances(DAG_ID, "run-1", "edit_image")}
+        assert hosts == {"worker1", "worker2"}
+        ideal = 100 * EMULATOR_LATENCY / SLOTS
+        cluster_report(
+            f"run 1: 100 images, {stats['paid']} paid POSTs, {wall:.0f} s wall against an ideal {ideal:.0f} s"
+        )
+
+
+def test_run_2_rerun_pays_for_nothing(cluster, cluster_report):
+    with failure_names_logs(cluster):
+        s3 = s3_client(cluster)
+        emulator(cluster).reset()
+        cluster.trigger(DAG_ID, "run-2", conf("set/", "set-edited/"))
+        assert cluster.wait_for_run(DAG_ID, "run-2", timeout=300) == "success"
+
+        assert emulator(cluster).stats()["posts"] == 0
+        found = outputs(s3, "set-edited/")
+        assert manifest(found, "set-edited/")["counts"] == {
+            "planned": 100,
+            "done": 0,
+            "skipped": 100,
+            "failed": 0,
+        }
+        cluster_report("run 2: rerun of the same 100 images, 0 POSTs, every task skipped")
+
+
+def test_run_3_a_worker_killed_mid_run(cluster, cluster_report):
+    with failure_names_logs(cluster):
+        s3 = s3_client(cluster)
+        stems = seed(s3, "kill/", 60)
+        control = emulator(cluster)
+        control.reset()
+        killed: dict[str, float] = {}
+
+        def kill_worker_1_once_it_is_paying() -> None:
+            if killed:
+                return
+            running = [
+                row
+                for row in cluster.task_instances(DAG_ID, "run-3", "edit_image")
+                if row[1] == "running" and row[2] == "worker1"
+            ]
+            if running and control.stats()["open"]:
+                killed["from"] = time.time()
+                cluster.kill("worker1")
+                killed["to"] = time.time()
+
+        cluster.trigger(DAG_ID, "run-3", conf("kill/", "kill-edited/"))
+        state = cluster.wait_for_run(DAG_ID, "run-3", timeout=420, on_tick=kill_worker_1_once_it_is_paying)
+
+        assert killed, "worker 1 never had an edit in flight"
+        assert state == "success"
+        found = outputs(s3, "kill-edited/")
+        assert manifest(found, "kill-edited/")["counts"]["failed"] == 0
+        assert sorted(found) == sorted(f"kill-edited/{stem.removeprefix('kill/')}.png" for stem in stems)
+        assert all(verify_png(png).width == 1024 for png in found.values())  # none partial or corrupt
+        stats = control.stats()
+        # In flight at the kill: open at any moment while it happened (both workers': an upper bound).
+        in_flight = sum(
+            1
+            for r in stats["requests"]
+            if r["started"] <= killed["to"] and (r["finished"] is None or r["finished"] >= killed["from"])
+        )
+        paid = stats["paid"]
+        assert 60 <= paid <= 60 + in_flight
+        retried = [row for row in cluster.task_instances(DAG_ID, "run-3", "edit_image") if row[3] > 1]
+        assert retried and all(row[2] == "worker2" for row in retried)
+        cluster_report(
+            f"run 3: worker 1 killed with {in_flight} edits in flight; {paid} paid POSTs for "
+            f"60 images, {paid - 60} maybe-billed re-sends; {len(retried)} tasks retried on worker 2"
+        )
+        peaks = ", ".join(f"{name} {rss / 1e6:.0f} MB" for name, rss in sorted(cluster.peak_memory.items()))
+        cluster_report(f"peak memory (PSS) of each worker's process tree: {peaks}")
