@@ -249,18 +249,21 @@ class Cluster:
                 os.killpg(process.pid, signum)
 
     def _create_database(self) -> None:
-        conn = psycopg2.connect(dbname="postgres", **PG)
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{self.database}"')
-        conn.close()
+        self._admin(f'CREATE DATABASE "{self.database}"')
 
     def _drop_database(self) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    @staticmethod
+    def _admin(sql: str) -> None:
+        """Run a statement outside a transaction, as CREATE and DROP DATABASE need."""
         conn = psycopg2.connect(dbname="postgres", **PG)
         conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        conn.close()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql)
+        finally:
+            conn.close()
 
     def _flush_redis(self) -> None:
         import redis
