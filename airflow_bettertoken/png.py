@@ -1,4 +1,4 @@
-"""PNG checks on bytes in memory: the header for the real size, and a full decode before upload."""
+"""PNG checks on bytes in memory: the header for the real size, and a streaming check of every byte."""
 
 from __future__ import annotations
 

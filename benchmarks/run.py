@@ -183,6 +183,7 @@ def format_row(r: dict) -> list[str]:
     return [r["case"], r["scope"], r["figure"], ours, base, f"{r['ratio']:.2f}", r["goal"]]
 
 
+CLUSTER_MARKER = "## Cluster run"
 COLUMNS = ["case", "scope", "figure", "ours", "baseline", "ours/baseline", "goal"]
 
 
@@ -212,7 +213,10 @@ def write_results(groups: list[list[dict]]) -> None:
         "|" + "---|" * len(COLUMNS),
     ]
     lines += ["| " + " | ".join(format_row(r)) + " |" for group in groups for r in group]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    results = HERE / "RESULTS.md"
+    # The cluster figures below the marker come from the cluster test, not from here: keep them.
+    kept = results.read_text().partition(CLUSTER_MARKER)[2] if results.exists() else ""
+    results.write_text("\n".join(lines) + "\n" + (f"\n{CLUSTER_MARKER}{kept}" if kept else ""))
     print(f"\nWrote {HERE / 'RESULTS.md'}")
 
 

@@ -94,6 +94,8 @@ def test_enrichment_reports_one_asset_event_per_output(s3, buckets, emulator):
         ).all()
         uris = sorted(event.asset.uri for event in events)
     assert uris == sorted(r["output_uri"] for r in results)
+    consumer = load_dag("bettertoken_edited_consumer")
+    assert consumer.test().state == "success"
 
 
 def test_a_run_over_max_map_length_says_how_to_split_it(s3, buckets, emulator, monkeypatch, task_context):
