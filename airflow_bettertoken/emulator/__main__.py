@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvicorn
 
@@ -23,7 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bettertoken-emulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--api-key", default=None, help="the only key accepted (default: any key)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("BETTERTOKEN_EMULATOR_API_KEY"),
+        help="the only key accepted (default: $BETTERTOKEN_EMULATOR_API_KEY, else any key); "
+        "the variable keeps a key out of the process list",
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds each edit takes")
     parser.add_argument(
         "--size-map",

@@ -69,8 +69,9 @@ class Cluster:
         self.env = self._environment()
         self._spawn(
             "emulator",
-            "-m", "airflow_bettertoken.emulator", "--port", str(self.emulator_port),
-            "--latency", str(EMULATOR_LATENCY), "--api-key", self.api_key,
+            "-m", "airflow_bettertoken.emulator",
+            "--port", str(self.emulator_port), "--latency", str(EMULATOR_LATENCY),
+            env={"BETTERTOKEN_EMULATOR_API_KEY": self.api_key},
         )  # fmt: skip
         self._spawn("s3", "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port))
         self.airflow("db", "migrate")

@@ -65,9 +65,12 @@ def failure_names_logs(cluster: Cluster):
     """Keep the component logs of a failed run, and say where they are."""
     try:
         yield
-    except BaseException as err:
+    except Exception as err:
         cluster.failed = True
         raise AssertionError(f"{err}\nComponent logs are kept in {cluster.logs}") from err
+    except BaseException:  # Ctrl-C: keep the logs, and let the interruption through untouched
+        cluster.failed = True
+        raise
 
 
 def s3_client(cluster: Cluster):
