@@ -36,6 +36,7 @@ from airflow_bettertoken.protocol import (
     MODEL,
     MODELS_PATH,
     EditAnswer,
+    EditRequest,
     ImageInput,
     build_edit_request,
     fingerprint,
@@ -281,21 +282,8 @@ class BetterTokenHook(BaseHook):
         attempt = 0
         while True:
             attempt += 1
-            answer = None
             try:
-                response = self._session.post(
-                    url,
-                    data=request.form_fields(),
-                    files=request.form_files(),
-                    headers={"Idempotency-Key": idempotency_key},
-                    timeout=(settings.connect_timeout, settings.timeout),
-                    stream=True,
-                )
-                with response:
-                    if 200 <= response.status_code < 300:
-                        answer = read_edit_answer(response, settings.max_pixels)
-                    else:
-                        response.content  # noqa: B018 (an error body is small: read it while connected)
+                response, answer = self._post_once(url, request, idempotency_key)
             except requests.RequestException as err:
                 kind = failure_kind(err)
                 decision = self._decide(policy, attempt, started, failure=kind)
@@ -322,7 +310,7 @@ class BetterTokenHook(BaseHook):
                 elapsed = round(self._clock() - started, 3)
                 Stats.timing("bettertoken.request.latency", elapsed * 1000)
                 Stats.incr("bettertoken.request.attempts", attempt)
-                Stats.incr("bettertoken.response.bytes", len(answer.png))
+                Stats.incr("bettertoken.response.png_bytes", len(answer.png))
                 self.log.info(
                     "Edited %d reference(s) into a %dx%d PNG of %d bytes in %d attempt(s), %.1f s",
                     len(request.images),
@@ -368,6 +356,25 @@ class BetterTokenHook(BaseHook):
                 decision.wait,
             )
             self._sleep(decision.wait)
+
+    def _post_once(
+        self, url: str, request: EditRequest, idempotency_key: str
+    ) -> tuple[requests.Response, EditAnswer | None]:
+        """One attempt: a success decoded as it streams in, or an error with its (small) body read."""
+        settings = self.settings
+        response = self._session.post(
+            url,
+            data=request.form_fields(),
+            files=request.form_files(),
+            headers={"Idempotency-Key": idempotency_key},
+            timeout=(settings.connect_timeout, settings.timeout),
+            stream=True,
+        )
+        with response:
+            if 200 <= response.status_code < 300:
+                return response, read_edit_answer(response, settings.max_pixels)
+            response.content  # noqa: B018 (reads the body while the connection is open)
+            return response, None
 
     def _decide(self, policy: RetryPolicy, attempt: int, started: float, **outcome: Any):
         return decide(

@@ -80,7 +80,7 @@ def test_metrics_cover_latency_attempts_bytes_mismatches_and_skips(
     assert names == {
         ("timing", "bettertoken.request.latency"),
         ("incr", "bettertoken.request.attempts"),
-        ("incr", "bettertoken.response.bytes"),
+        ("incr", "bettertoken.response.png_bytes"),
         ("incr", "bettertoken.output.size_mismatch"),
         ("incr", "bettertoken.output.skipped"),
     }
