@@ -176,6 +176,8 @@ class BetterTokenImageEditOperator(BaseOperator):
             if self.if_exists == "fail":
                 raise BetterTokenOutputExistsError(f"{output.uri} exists and if_exists='fail'")
             self.log.info("%s exists and will be replaced", output.uri)
+        elif not self.s3_hook.check_for_bucket(output.bucket):
+            raise BetterTokenInputError(f"dest bucket {output.bucket!r} does not exist; create it first")
 
         # Names the logical edit: the same inputs give the same digest on every worker and every try.
         digest = fingerprint(MODEL, prompt, size, source_uris, output.uri)
@@ -301,12 +303,15 @@ class BetterTokenImageEditOperator(BaseOperator):
                 self.s3_hook.get_conn().put_object(**params)
                 return True
             except ClientError as err:
-                if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+                if status == 412:
                     return False
                 failure: Exception = err
+                # Access denied, no such bucket...: waiting will not help, so keep the image now.
+                permanent = 400 <= status < 500 and status not in (408, 429)
             except BotoCoreError as err:
-                failure = err
-            if time.monotonic() + wait > deadline:
+                failure, permanent = err, False
+            if permanent or time.monotonic() + wait > deadline:
                 break
             self.log.warning("Upload of %s failed (%s); retrying in %.0f s", output.uri, failure, wait)
             time.sleep(wait)

@@ -14,15 +14,21 @@ SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message></Error>"
+)
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "host"}
 
 
 class S3FaultProxy:
-    """Forwards everything to ``upstream``; the next ``fail_puts`` object PUTs get a 503 (-1: all)."""
+    """Forwards everything to ``upstream``; the next ``fail_puts`` object PUTs fail (-1: all of them),
+    with a 503 SlowDown or, with ``fail_with_access_denied``, a 403 AccessDenied."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.fail_puts = 0
+        self.fail_with_access_denied = False
         self.failed_puts = 0
         proxy = self
 
@@ -39,7 +45,10 @@ class S3FaultProxy:
                     if proxy.fail_puts > 0:
                         proxy.fail_puts -= 1
                     proxy.failed_puts += 1
-                    self._reply(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
+                    if proxy.fail_with_access_denied:
+                        self._reply(403, {"Content-Type": "application/xml"}, ACCESS_DENIED)
+                    else:
+                        self._reply(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
                     return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}

@@ -93,6 +93,7 @@ BAD_INPUT_CASES = [
     Case("38-dest-dot-segment", "fail", 0, 0, op={"dest": "s3://OUT/./b.png"}),
     Case("39-dest-control-character", "fail", 0, 0, op={"dest": "s3://OUT/a\x07.png"}),
     Case("40-dest-not-png", "fail", 0, 0, op={"dest": "s3://OUT/a.jpg"}),
+    Case("40b-dest-bucket-missing", "fail", 0, 0, op={"dest": "s3://no-such-bucket-xyz/a.png"}),
     Case("41-unknown-connection-id", "fail", 0, 0, op={"bettertoken_conn_id": "no_such_connection"}),
     Case("42-connection-without-api-key", "fail", 0, 0, conn={"password": ""}),
 ]
@@ -240,6 +241,26 @@ def test_21_permanent_upload_failure_keeps_the_paid_image(
     outcome, text = run_task(op, task_context)
     assert list(tmp_path.glob("*.png")) == []
     check_case("21-permanent-upload-failure-then-rerun", outcome, "success", 1, 1, posts=1, text=text)
+
+
+def test_21b_access_denied_on_upload_keeps_the_image_at_once(
+    s3, buckets, emulator, task_context, faulty_s3, check_case, tmp_path
+):
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    faulty_s3.fail_puts, faulty_s3.fail_with_access_denied = -1, True
+    op = {
+        "prompt": "p",
+        "source": f"s3://{buckets.src}/a.png",
+        "dest": f"s3://{buckets.out}/a.png",
+        "spill_dir": str(tmp_path),
+    }
+    outcome, text = run_task({**op, "aws_conn_id": "aws_faulty", "upload_deadline": 600}, task_context)
+
+    assert faulty_s3.failed_puts == 1  # a 403 is not retried for ten minutes
+    assert "AccessDenied" in text
+    [spilled] = tmp_path.glob("*.png")
+    assert verify_png(spilled.read_bytes())
+    check_case("21b-access-denied-on-upload", outcome, "retry", 1, 0, posts=1, text=text)
 
 
 def test_22_two_tasks_writing_the_same_dest_at_once(s3, buckets, emulator, task_context, check_case):
