@@ -62,7 +62,8 @@ class LocalSandbox:
     def connection_env(self, base_url: str | None = None, api_key: str | None = None) -> dict[str, str]:
         """``AIRFLOW_CONN_*`` variables for ``bettertoken_default`` and ``aws_default``.
 
-        :param base_url: and ``api_key``: use a real service instead of the emulator.
+        :param base_url: a real service's base URL instead of the emulator's.
+        :param api_key: the real service's key; both default to the emulator.
         """
         bettertoken = {
             "conn_type": "bettertoken",

@@ -387,6 +387,10 @@ class BetterTokenHook(BaseHook):
         )
 
     def _redact(self, text: str) -> str:
-        """Cut the API key out of text that came from elsewhere (a server message, a library error)."""
-        key = self.__dict__.get("settings") and self.settings.api_key
+        """Cut the API key out of text that came from elsewhere (a server message, a library error).
+
+        Reads the key only if the connection was read already: redacting never looks one up.
+        """
+        settings = self.__dict__.get("settings")  # the cached_property's value, if computed
+        key = settings.api_key if settings else None
         return text.replace(key, "***") if key else text
