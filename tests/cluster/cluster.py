@@ -220,9 +220,23 @@ class Cluster:
             self.peak_memory[name] = max(self.peak_memory.get(name, 0), rss)
 
     def kill(self, name: str) -> None:
-        """SIGKILL a component's whole process group, as when a worker's machine dies."""
-        os.killpg(self.processes[name].pid, signal.SIGKILL)
-        self.processes[name].wait(timeout=30)
+        """SIGKILL a component and everything it started, as when its machine dies.
+
+        Airflow 3 runs each task in a process group of its own, so killing the component's group
+        alone would leave its tasks running on, unsupervised. The group is stopped first, so that
+        nothing new is forked while the tree is read, then every group in the tree is killed.
+        """
+        root = self.processes[name]
+        os.killpg(root.pid, signal.SIGSTOP)
+        tree = [psutil.Process(root.pid), *psutil.Process(root.pid).children(recursive=True)]
+        groups = set()
+        for process in tree:
+            with contextlib.suppress(ProcessLookupError):
+                groups.add(os.getpgid(process.pid))
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        root.wait(timeout=30)
 
     def check_alive(self) -> None:
         for name, process in self.processes.items():
