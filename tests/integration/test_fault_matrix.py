@@ -265,7 +265,8 @@ def test_21b_access_denied_on_upload_keeps_the_image_at_once(
 
 def test_22_two_tasks_writing_the_same_dest_at_once(s3, buckets, emulator, task_context, check_case):
     s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
-    emulator.configure(latency=0.5)  # both pass the existence check before either writes
+    # Both must pass the existence check before either writes: 2 s covers any skew in their starts.
+    emulator.configure(latency=2)
     op = {"prompt": "p", "source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png"}
     results: list[dict[str, Any]] = []
 
