@@ -46,10 +46,10 @@ from airflow_bettertoken.retry import Failure, RetryPolicy, decide, is_retryable
 
 DEFAULT_TIMEOUT = 900.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
-# TCP keepalive probes keep a request that waits minutes for its image alive behind NAT
-# and load balancers, which otherwise drop an idle connection without telling either side.
 # Body chunks of 1 MiB: few Python-level steps for a 33 MB answer, little memory held per step.
 _READ_CHUNK = 1 << 20
+# TCP keepalive probes keep a request that waits minutes for its image alive behind NAT
+# and load balancers, which otherwise drop an idle connection without telling either side.
 _KEEPALIVE_OPTIONS = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 20), ("TCP_KEEPCNT", 6))
 
 
