@@ -19,13 +19,19 @@ class S3Location:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def parse_s3_uri(uri: object, what: str) -> S3Location:
-    """``s3://bucket/key`` as a location; ``what`` names the input in the error."""
+def _split(uri: object, what: str, form: str) -> tuple[str, str]:
+    """Bucket and key of an ``s3://`` URI; ``form`` is the shape the error asks for."""
     if not isinstance(uri, str) or not uri.startswith("s3://"):
-        raise BetterTokenInputError(f"{what} must be an s3://bucket/key URI, got {uri!r}")
+        raise BetterTokenInputError(f"{what} must be {form}, got {uri!r}")
     bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket:
         raise BetterTokenInputError(f"{what} {uri!r} names no bucket")
+    return bucket, key
+
+
+def parse_s3_uri(uri: object, what: str) -> S3Location:
+    """``s3://bucket/key`` as a location; ``what`` names the input in the error."""
+    bucket, key = _split(uri, what, "an s3://bucket/key URI")
     if not key:
         raise BetterTokenInputError(f"{what} {uri!r} names no key")
     return S3Location(bucket, key)
@@ -33,11 +39,10 @@ def parse_s3_uri(uri: object, what: str) -> S3Location:
 
 def parse_s3_prefix(uri: object, what: str) -> S3Location:
     """``s3://bucket/prefix/`` as a location whose key is the prefix (empty for the bucket's root)."""
-    if not isinstance(uri, str) or not uri.startswith("s3://") or not uri.endswith("/"):
-        raise BetterTokenInputError(f"{what} must be an s3://bucket/prefix/ URI ending in '/', got {uri!r}")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise BetterTokenInputError(f"{what} {uri!r} names no bucket")
+    form = "an s3://bucket/prefix/ URI ending in '/'"
+    bucket, key = _split(uri, what, form)
+    if not uri.endswith("/"):
+        raise BetterTokenInputError(f"{what} must be {form}, got {uri!r}")
     return S3Location(bucket, key)
 
 
@@ -60,11 +65,7 @@ def check_output_key(key: str, what: str = "dest") -> None:
 
 def parse_dest(dest: object) -> S3Location:
     """The ``dest`` argument: a full ``.png`` key, or a prefix ending in ``/``."""
-    if not isinstance(dest, str) or not dest.startswith("s3://"):
-        raise BetterTokenInputError(f"dest must be s3://bucket/key.png or s3://bucket/prefix/, got {dest!r}")
-    bucket, _, key = dest[len("s3://") :].partition("/")
-    if not bucket:
-        raise BetterTokenInputError(f"dest {dest!r} names no bucket")
+    bucket, key = _split(dest, "dest", "s3://bucket/key.png or s3://bucket/prefix/")
     check_output_key(key)
     return S3Location(bucket, key)
 
