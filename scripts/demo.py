@@ -23,7 +23,6 @@ os.environ.update(
     AIRFLOW__LOGGING__LOGGING_LEVEL=os.environ.get("DEMO_LOG_LEVEL", "WARNING"),
 )
 
-import boto3  # noqa: E402  (the demo seeds its local S3 directly, as a user would)
 import pendulum  # noqa: E402
 
 from airflow_bettertoken.emulator.samples import sample_image  # noqa: E402
@@ -89,13 +88,7 @@ def main() -> int:
     with LocalSandbox() as sandbox:
         base_url = os.environ.get("BETTERTOKEN_BASE_URL") if api_key else None
         print("Editing with", "the real BetterToken service" if api_key else "the local emulator")
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=sandbox.s3_endpoint,
-            aws_access_key_id="sandbox",
-            aws_secret_access_key="sandbox-secret",
-            region_name="us-east-1",
-        )
+        s3 = sandbox.s3_client()
         for bucket in (IN_BUCKET, OUT_BUCKET):
             s3.create_bucket(Bucket=bucket)
         put_samples(s3, f"incoming/{day}/", SAMPLES)

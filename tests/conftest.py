@@ -22,8 +22,6 @@ atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
-import boto3  # noqa: E402
-
 from airflow_bettertoken.emulator.sandbox import LocalSandbox  # noqa: E402
 
 # Retries wait milliseconds in tests; the policy itself is tested with an injected sleeper.
@@ -52,13 +50,7 @@ def api_key(sandbox) -> str:
 
 @pytest.fixture(scope="session")
 def s3(sandbox):
-    return boto3.client(
-        "s3",
-        endpoint_url=sandbox.s3_endpoint,
-        aws_access_key_id="sandbox",
-        aws_secret_access_key="sandbox-secret",
-        region_name="us-east-1",
-    )
+    return sandbox.s3_client()
 
 
 @pytest.fixture

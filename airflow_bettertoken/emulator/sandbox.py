@@ -71,16 +71,26 @@ class LocalSandbox:
             "password": api_key or self.api_key,
             "extra": self.connection_extra,
         }
-        aws = {
+        return {
+            "AIRFLOW_CONN_BETTERTOKEN_DEFAULT": json.dumps(bettertoken),
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(self.aws_connection()),
+        }
+
+    def aws_connection(self, endpoint_url: str | None = None, **extra: Any) -> dict[str, Any]:
+        """The AWS connection to the sandbox's S3, or to ``endpoint_url`` in front of it."""
+        return {
             "conn_type": "aws",
             "login": "sandbox",
             "password": "sandbox-secret",
-            "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
+            "extra": {"endpoint_url": endpoint_url or self.s3_endpoint, "region_name": "us-east-1", **extra},
         }
-        return {
-            "AIRFLOW_CONN_BETTERTOKEN_DEFAULT": json.dumps(bettertoken),
-            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
-        }
+
+    def s3_client(self) -> Any:
+        """A boto3 S3 client on the sandbox's S3, made by the Amazon provider, to seed and inspect it."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        with self.connections():
+            return S3Hook(aws_conn_id="aws_default").get_conn()
 
     @contextmanager
     def connections(self, base_url: str | None = None, api_key: str | None = None) -> Iterator[None]:

@@ -194,13 +194,8 @@ def test_fault_matrix(case, s3, buckets, emulator, connection, task_context, che
 def faulty_s3(sandbox, monkeypatch):
     """An AWS connection ``aws_faulty`` whose uploads go through a proxy that can fail them."""
     proxy = S3FaultProxy(sandbox.s3_endpoint).start()
-    conn = {
-        "conn_type": "aws",
-        "login": "sandbox",
-        "password": "sandbox-secret",
-        # boto3's own retries are off, so that what is tested is the operator's upload loop.
-        "extra": {"endpoint_url": proxy.endpoint, "region_name": "us-east-1", "config_kwargs": {"retries": {"total_max_attempts": 1}}},
-    }  # fmt: skip
+    # boto3's own retries are off, so that what is tested is the operator's upload loop.
+    conn = sandbox.aws_connection(proxy.endpoint, config_kwargs={"retries": {"total_max_attempts": 1}})
     monkeypatch.setenv("AIRFLOW_CONN_AWS_FAULTY", json.dumps(conn))
     yield proxy
     proxy.stop()
