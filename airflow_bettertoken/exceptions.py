@@ -9,14 +9,47 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+__all__ = [
+    "BetterTokenAPIError",
+    "BetterTokenAuthenticationError",
+    "BetterTokenBadRequestError",
+    "BetterTokenConfigError",
+    "BetterTokenError",
+    "BetterTokenInputError",
+    "BetterTokenNotFoundError",
+    "BetterTokenOutputExistsError",
+    "BetterTokenPermissionError",
+    "BetterTokenRateLimitError",
+    "BetterTokenResponseError",
+    "BetterTokenServerError",
+    "BetterTokenSizeMismatchError",
+    "BetterTokenTransportError",
+    "BetterTokenUploadError",
+    "error_for_status",
+    "fail_task_on_permanent_error",
+]
+
+
+def _restore(cls: type[BetterTokenError], args: tuple[Any, ...], state: dict[str, Any]) -> BetterTokenError:
+    error = Exception.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class BetterTokenError(AirflowException):
     """Base class of every error raised by airflow-bettertoken."""
 
     retryable = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields (status, attempts, ...) would break the default unpickling, which calls
+        # cls(*args); errors cross process boundaries in executors and in ``pickle``-based tooling.
+        return _restore, (type(self), self.args, self.__dict__)
 
 
 class BetterTokenInputError(BetterTokenError):

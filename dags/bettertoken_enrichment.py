@@ -4,9 +4,10 @@
         --(asset bettertoken_incoming)--> bettertoken_enrichment
         --(alias bettertoken_edited_images: one event per PNG)--> bettertoken_edited_consumer
 
-The producer stands for whatever lands new images in ``s3://<in_bucket>/stream/<batch>/``. The
-enrichment run edits that batch into ``s3://<out_bucket>/enriched/<batch>/`` and reports every
-PNG it wrote as an asset event, so a downstream DAG can be scheduled on edited images.
+The producer stands for whatever lands new images in ``s3://<in_bucket>/stream/<batch>/``: here it
+copies a few images from ``s3://<in_bucket>/<samples_prefix>`` into a new batch. The enrichment run
+edits that batch into ``s3://<out_bucket>/enriched/<batch>/`` and reports every PNG it wrote as an
+asset event, so a downstream DAG can be scheduled on edited images.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import pendulum
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import DAG, Asset, AssetAlias, Param, task
 
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 
@@ -31,20 +31,26 @@ with DAG(
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     tags=["bettertoken", "example"],
-    params={**PARAMS, "images": Param(3, type="integer", minimum=1, maximum=50)},
+    params={
+        **PARAMS,
+        "samples_prefix": Param("samples/", type="string", pattern="^[^/].*/$"),
+        "images": Param(3, type="integer", minimum=1, maximum=50),
+    },
 ):
 
     @task(outlets=[INCOMING])
     def land_new_images(params=None, ts_nodash=None, outlet_events=None) -> str:
-        """Put a batch of sample images in the stream, and say where in the asset event."""
-        prefix = f"stream/{ts_nodash}/"
+        """Copy a batch of images into the stream, and say where in the asset event."""
+        bucket, prefix = params["in_bucket"], f"stream/{ts_nodash}/"
         s3 = S3Hook()
-        for index in range(params["images"]):
-            data = sample_image(320, 240, "jpg", seed=index)
-            s3.load_bytes(
-                data, key=f"{prefix}shot-{index:03}.jpg", bucket_name=params["in_bucket"], replace=True
+        samples = sorted(s3.list_keys(bucket_name=bucket, prefix=params["samples_prefix"]) or [])
+        if not samples:
+            raise ValueError(
+                f"no images under s3://{bucket}/{params['samples_prefix']} to land; put some there"
             )
-        uri = f"s3://{params['in_bucket']}/{prefix}"
+        for key in samples[: params["images"]]:
+            s3.copy_object(key, prefix + key.rsplit("/", 1)[-1], bucket, bucket)
+        uri = f"s3://{bucket}/{prefix}"
         outlet_events[INCOMING].extra = {"prefix": uri}
         return uri
 
@@ -67,7 +73,13 @@ with DAG(
     def new_batch(params=None, triggering_asset_events=None) -> dict[str, str]:
         """The batch the producer announced; with none or several, the whole stream (done images skip)."""
         stream = f"s3://{params['in_bucket']}/stream/"
-        events = list((triggering_asset_events or {}).get(INCOMING, []))
+        # Matched by name, not looked up by key: Airflow 3.0 and 3.1 cannot hash an Asset key here.
+        events = [
+            event
+            for asset, asset_events in (triggering_asset_events or {}).items()
+            if asset.name == INCOMING.name
+            for event in asset_events
+        ]
         prefixes = {event.extra.get("prefix") for event in events}
         source = prefixes.pop() if len(prefixes) == 1 and None not in prefixes else stream
         relative = source.removeprefix(stream)

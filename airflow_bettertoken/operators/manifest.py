@@ -8,14 +8,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_bettertoken.exceptions import fail_task_on_permanent_error
-from airflow_bettertoken.locations import parse_s3_uri
-from airflow_bettertoken.manifest import build_manifest
+from airflow_bettertoken.storage.locations import parse_s3_uri
+from airflow_bettertoken.storage.run_manifest import build_manifest
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.providers.common.compat.sdk import Context
 
 
 def _materialize(values: Any) -> list[Any]:

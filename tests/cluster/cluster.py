@@ -69,7 +69,7 @@ class Cluster:
         self.env = self._environment()
         self._spawn(
             "emulator",
-            "-m", "airflow_bettertoken.emulator",
+            "-m", "airflow_bettertoken.testing.emulator",
             "--port", str(self.emulator_port), "--latency", str(EMULATOR_LATENCY),
             env={"BETTERTOKEN_EMULATOR_API_KEY": self.api_key},
         )  # fmt: skip

@@ -19,9 +19,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from airflow_bettertoken.emulator import EmulatorControl
-from airflow_bettertoken.emulator.samples import sample_image
-from airflow_bettertoken.png import verify_png
+from airflow_bettertoken.protocol.png import verify_png
+from airflow_bettertoken.testing.emulator.server import EmulatorControl
+from airflow_bettertoken.testing.samples import sample_image
 from tests.cluster.cluster import EMULATOR_LATENCY, PG, REDIS, WORKER_CONCURRENCY, Cluster, reachable
 
 DAG_ID = "bettertoken_backfill"

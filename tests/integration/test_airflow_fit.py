@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+from airflow_bettertoken.testing.samples import sample_image
 
 
 def airflow_cli(*args: str, **env: str) -> subprocess.CompletedProcess:

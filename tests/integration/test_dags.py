@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pendulum
 import pytest
 
-from airflow_bettertoken.emulator.samples import sample_image
-from airflow_bettertoken.emulator.sandbox import return_values
-from airflow_bettertoken.png import verify_png
+from airflow_bettertoken.protocol.png import verify_png
+from airflow_bettertoken.testing.samples import sample_image
+from airflow_bettertoken.testing.sandbox import return_values
+from tests.airflow_versions import dagbag, load_dag
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 DAY = "2026-11-26"
 
 
-def load_dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(DAGS)).get_dag(dag_id)
-
-
 def test_example_dags_import_without_errors_or_our_deprecation_warnings():
-    from airflow.dag_processing.dagbag import DagBag
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bag = DagBag(dag_folder=str(DAGS))
+        bag = dagbag()
     assert bag.import_errors == {}
     assert "bettertoken_scheduled_edit" in bag.dag_ids
     ours = [

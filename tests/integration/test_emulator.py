@@ -8,8 +8,8 @@ import openai
 import pytest
 import requests
 
-from airflow_bettertoken.emulator.samples import sample_image
-from airflow_bettertoken.png import read_png_header
+from airflow_bettertoken.protocol.png import read_png_header
+from airflow_bettertoken.testing.samples import sample_image
 
 PNG = sample_image(300, 200, "png")
 JPEG = sample_image(200, 300, "jpg", seed=1)

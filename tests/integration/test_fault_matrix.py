@@ -21,12 +21,12 @@ from email.utils import formatdate
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowFailException
 
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.exceptions import BetterTokenError
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
-from airflow_bettertoken.png import verify_png
+from airflow_bettertoken.protocol.png import verify_png
+from airflow_bettertoken.testing.samples import sample_image
 from tests.broken_pngs import png_claiming, with_bad_crc
 from tests.integration.s3_fault_proxy import S3FaultProxy
 
@@ -58,7 +58,7 @@ API_CASES = [
     Case("02-429-retry-after-ms", "success", 1, 1, [{"status": 429, "headers": {"retry-after-ms": "50"}, "json": ERROR}], posts=2),
     Case("03-429-retry-after-http-date", "success", 1, 1, [{"status": 429, "headers": {"retry-after": "DATE+1"}, "json": ERROR}], posts=2),
     Case("04-retry-after-over-the-cap", "retry", 0, 0, [{"status": 429, "headers": {"retry-after": "3600"}, "json": ERROR}], posts=1),
-    Case("05-500-502-503-504-then-success", "success", 1, 1, [{"status": s, "json": ERROR} for s in (500, 502, 503, 504)], op={"retry": {"max_attempts": 5}}, posts=5),
+    Case("05-500-502-503-504-then-success", "success", 1, 1, [{"status": s, "json": ERROR} for s in (500, 502, 503, 504)], op={"api_retry": {"max_attempts": 5}}, posts=5),
     Case("06-408", "success", 1, 1, [{"status": 408, "json": ERROR}], posts=2),
     Case("07-connection-refused", "retry", 0, 0, conn={"host": "http://127.0.0.1:9/v1", "extra": {"max_attempts": 2}}, posts=0),
     Case("08-reset-before-any-answer", "success", 1, 1, [{"action": "reset"}], posts=2),

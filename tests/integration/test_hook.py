@@ -6,7 +6,6 @@ import socket
 
 import pytest
 
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.exceptions import (
     BetterTokenAuthenticationError,
     BetterTokenBadRequestError,
@@ -14,6 +13,7 @@ from airflow_bettertoken.exceptions import (
     BetterTokenInputError,
 )
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+from airflow_bettertoken.testing.samples import sample_image
 
 PNG = sample_image(300, 200, "png")
 JPEG = sample_image(200, 300, "jpg", seed=1)
@@ -130,7 +130,7 @@ def test_test_connection_lists_models_without_paying(emulator, connection):
     [
         ({"password": ""}, "has no API key"),
         ({"host": "www.bettertoken.ai/v1"}, "must be a base URL starting with https://"),
-        ({"extra": {"timeout": "soon"}}, "'timeout' must be a number of seconds"),
+        ({"extra": {"timeout": "soon"}}, "'timeout' must be a number > 0"),
         ({"extra": {"max_attempts": 0}}, "max_attempts must be at least 1"),
     ],
     ids=["no-key", "no-scheme", "bad-timeout", "zero-attempts"],

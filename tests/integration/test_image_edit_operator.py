@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowFailException
 
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenOutputExistsError
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
-from airflow_bettertoken.png import verify_png
+from airflow_bettertoken.protocol.png import verify_png
+from airflow_bettertoken.testing.samples import sample_image
 
 PNG = sample_image(300, 200, "png")
 JPEG = sample_image(200, 300, "jpg", seed=1)
@@ -179,7 +179,7 @@ def test_bad_sources_fail_for_good_before_any_post(s3, buckets, emulator, task_c
         ({"on_size_mismatch": "ignore"}, "on_size_mismatch='ignore' is not allowed"),
         ({"prompt": "  "}, "prompt must be a non-empty string"),
         ({"dest": "s3://out/a.jpg"}, "must end in .png"),
-        ({"retry": {"max_atempts": 2}}, "unknown retry options"),
+        ({"api_retry": {"max_atempts": 2}}, "unknown retry options"),
     ],
     ids=["size", "if_exists", "on_size_mismatch", "prompt", "dest", "retry"],
 )

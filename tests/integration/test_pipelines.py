@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from airflow_bettertoken.emulator.samples import sample_image
-from airflow_bettertoken.emulator.sandbox import return_values
-from tests.integration.test_dags import load_dag
+from airflow_bettertoken.testing.samples import sample_image
+from airflow_bettertoken.testing.sandbox import return_values
+from tests.airflow_versions import load_dag
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -76,6 +76,10 @@ def test_enrichment_reports_one_asset_event_per_output(s3, buckets, emulator):
     from sqlalchemy import select
 
     conf = {"in_bucket": buckets.src, "out_bucket": buckets.out}
+    for index in range(4):
+        s3.put_object(
+            Bucket=buckets.src, Key=f"samples/shot-{index}.jpg", Body=sample_image(320, 240, "jpg", index)
+        )
     producer = load_dag("bettertoken_incoming_producer")
     assert producer.test(run_conf={**conf, "images": 3}).state == "success"
     enrichment = load_dag("bettertoken_enrichment")
@@ -99,7 +103,7 @@ def test_enrichment_reports_one_asset_event_per_output(s3, buckets, emulator):
 
 
 def test_a_run_over_max_map_length_says_how_to_split_it(s3, buckets, emulator, monkeypatch, task_context):
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowFailException
 
     from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 

@@ -5,36 +5,23 @@ from __future__ import annotations
 from email.utils import formatdate
 
 import pytest
-from airflow.sdk.exceptions import AirflowTaskTimeout
+from airflow.providers.common.compat.sdk import AirflowTaskTimeout
 
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.exceptions import BetterTokenRateLimitError, BetterTokenTransportError
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+from airflow_bettertoken.testing.samples import sample_image
+from tests.virtual_time import NOW, VirtualTime
 
 PNG = sample_image(100, 80)
 ERROR = {"error": {"message": "injected"}}
-NOW = 1_800_000_000.0
 
 
-class Sleeper:
-    """Records the waits and moves a fake clock forward instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-        self.now = 0.0
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
-
-
-def hook(conn_id: str = "bettertoken_default", sleeper: Sleeper | None = None, **retry) -> BetterTokenHook:
-    sleeper = sleeper or Sleeper()
+def hook(
+    conn_id: str = "bettertoken_default", sleeper: VirtualTime | None = None, **retry
+) -> BetterTokenHook:
+    sleeper = sleeper or VirtualTime()
     retry = {"backoff_initial": 3.0, "backoff_max": 15.0, **retry}  # the defaults, not the suite's fast ones
-    return BetterTokenHook(conn_id, retry=retry, sleep=sleeper, clock=sleeper.clock, wall_clock=lambda: NOW)
+    return BetterTokenHook(conn_id, retry=retry, timing=sleeper.timing())
 
 
 @pytest.mark.parametrize(
@@ -48,14 +35,14 @@ def hook(conn_id: str = "bettertoken_default", sleeper: Sleeper | None = None, *
     ids=["seconds", "ms", "http-date", "backoff"],
 )
 def test_the_wait_the_server_asks_for_is_honoured(emulator, headers, wait):
-    sleeper = Sleeper()
+    sleeper = VirtualTime()
     emulator.queue({"status": 429, "headers": headers, "json": ERROR})
     hook(sleeper=sleeper, jitter=0).edit_image("p", [PNG])
     assert sleeper.waits == [wait]
 
 
 def test_a_wait_over_the_cap_fails_at_once_and_says_so(emulator):
-    sleeper = Sleeper()
+    sleeper = VirtualTime()
     emulator.queue({"status": 429, "headers": {"retry-after": "3600"}, "json": ERROR})
     with pytest.raises(
         BetterTokenRateLimitError, match="asked to wait 3600 s, more than retry_after_cap=120 s"
@@ -65,7 +52,7 @@ def test_a_wait_over_the_cap_fails_at_once_and_says_so(emulator):
 
 
 def test_the_attempt_budget_bounds_the_loop(emulator):
-    sleeper = Sleeper()
+    sleeper = VirtualTime()
     emulator.queue(*[{"status": 503, "json": ERROR}] * 5)
     with pytest.raises(Exception, match="gave up after 3 of max_attempts=3") as info:
         hook(sleeper=sleeper, max_attempts=3, jitter=0).edit_image("p", [PNG])
@@ -75,7 +62,7 @@ def test_the_attempt_budget_bounds_the_loop(emulator):
 
 
 def test_the_deadline_bounds_the_loop(emulator):
-    sleeper = Sleeper()
+    sleeper = VirtualTime()
     emulator.queue(*[{"status": 503, "json": ERROR}] * 5)
     with pytest.raises(Exception, match="would pass deadline=10 s"):
         hook(sleeper=sleeper, max_attempts=10, deadline=10, jitter=0).edit_image("p", [PNG])
@@ -113,4 +100,4 @@ def test_interruptions_pass_through_untouched(emulator, interruption):
 
     emulator.queue({"status": 503, "json": ERROR})
     with pytest.raises(interruption):
-        BetterTokenHook(sleep=interrupted_sleep).edit_image("p", [PNG])
+        BetterTokenHook(timing=VirtualTime().timing(sleep=interrupted_sleep)).edit_image("p", [PNG])

@@ -7,9 +7,9 @@ import traceback
 
 import pytest
 
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+from airflow_bettertoken.testing.samples import sample_image
 
 PNG = sample_image(120, 90)
 
@@ -37,7 +37,7 @@ def test_the_key_is_never_shown(s3, buckets, emulator, api_key, task_context, ca
         seen.append(repr(op.execute(task_context)))
     except Exception as err:
         seen.append("".join(traceback.format_exception(err)))
-    seen += [repr(op), repr(op.hook), repr(op.hook.settings), caplog.text, *capfd.readouterr()]
+    seen += [repr(op), repr(op.hook), repr(op.hook._settings), caplog.text, *capfd.readouterr()]
     seen += [repr(getattr(op, field)) for field in op.template_fields]
 
     assert emulator.stats()["posts"] >= 1
@@ -45,9 +45,9 @@ def test_the_key_is_never_shown(s3, buckets, emulator, api_key, task_context, ca
 
 
 def test_the_key_is_registered_with_the_secrets_masker(emulator, api_key):
-    from airflow.sdk._shared.secrets_masker import redact
+    from airflow.providers.common.compat.sdk import redact
 
-    BetterTokenHook().settings  # noqa: B018 (reading the connection is what registers the key)
+    BetterTokenHook().check_config()  # reading the connection is what registers the key
     assert redact(f"Authorization: Bearer {api_key}") == "Authorization: Bearer ***"
 
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from airflow_bettertoken.answer_stream import EditAnswerStream
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.exceptions import BetterTokenResponseError
+from airflow_bettertoken.protocol.answer_stream import EditAnswerStream
+from airflow_bettertoken.testing.samples import sample_image
 from tests.broken_pngs import png_claiming
 
 PNG = sample_image(200, 150, "png", seed=3)

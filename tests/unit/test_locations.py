@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
-from airflow_bettertoken.locations import S3Location, output_location, parse_dest, parse_s3_uri
-from airflow_bettertoken.operators.list_images import plan_edits
+from airflow_bettertoken.storage.listing import plan_edits
+from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.exceptions import BetterTokenResponseError
-from airflow_bettertoken.png import read_png_header, verify_png
+from airflow_bettertoken.protocol.png import read_png_header, verify_png
+from airflow_bettertoken.testing.samples import sample_image
 from tests.broken_pngs import png_claiming, with_bad_crc
 
 PNG = sample_image(120, 80, "png")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from airflow_bettertoken.exceptions import BetterTokenResponseError
-from airflow_bettertoken.png import verify_png
+from airflow_bettertoken.protocol.png import verify_png
 from tests.broken_pngs import adam7_rows, build_png, chunk, rgb_rows, with_bad_crc
 
 

@@ -5,15 +5,15 @@ import json
 
 import pytest
 
-from airflow_bettertoken.emulator.samples import sample_image
 from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenResponseError
-from airflow_bettertoken.protocol import (
+from airflow_bettertoken.protocol.wire import (
     MAX_IMAGE_BYTES,
     build_edit_request,
     parse_edit_answer,
     parse_error_answer,
     sniff_image_type,
 )
+from airflow_bettertoken.testing.samples import sample_image
 
 PNG = sample_image(64, 48, "png")
 JPEG = sample_image(64, 48, "jpg")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_bettertoken.exceptions import BetterTokenConfigError
-from airflow_bettertoken.retry import (
+from airflow_bettertoken.protocol.retry import (
     Failure,
     RetryPolicy,
     backoff_seconds,

@@ -11,7 +11,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+
+from airflow_bettertoken.protocol.result import EditResult
+
+__all__ = ["DEFAULT_SPILL_DIR", "SpillDir"]
 
 DEFAULT_SPILL_DIR = os.path.join(tempfile.gettempdir(), "airflow-bettertoken-spill")
 
@@ -23,21 +26,22 @@ class SpillDir:
     def png_path(self, digest: str) -> Path:
         return self.path / f"{digest}.png"
 
-    def save(self, digest: str, png: bytes, meta: dict[str, Any]) -> Path:
-        """Write the PNG and its metadata, each atomically, so a crash leaves no half file."""
+    def save(self, digest: str, result: EditResult) -> Path:
+        """Write the PNG and its record, each atomically, so a crash leaves no half file."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._write_atomic(self.path / f"{digest}.json", json.dumps(meta).encode())
+        self._write_atomic(self.path / f"{digest}.json", json.dumps(result.to_spill_record()).encode())
         target = self.png_path(digest)
-        self._write_atomic(target, png)
+        self._write_atomic(target, result.png)
         return target
 
-    def load(self, digest: str) -> tuple[bytes, dict[str, Any]] | None:
+    def load(self, digest: str) -> EditResult | None:
+        """The kept result, or None; its PNG is checked again by the caller before it is uploaded."""
         try:
             png = self.png_path(digest).read_bytes()
-            meta = json.loads((self.path / f"{digest}.json").read_text())
-        except (OSError, ValueError):
+            record = json.loads((self.path / f"{digest}.json").read_text())
+            return EditResult.from_spill_record(png, record)
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        return png, meta
 
     def discard(self, digest: str) -> None:
         for suffix in (".png", ".json"):

@@ -19,8 +19,8 @@ import re
 
 import pybase64
 
-from airflow_bettertoken.png import DEFAULT_MAX_PIXELS
-from airflow_bettertoken.protocol import EditAnswer, answer_from_document, parse_edit_answer
+from airflow_bettertoken.protocol.png import DEFAULT_MAX_PIXELS
+from airflow_bettertoken.protocol.wire import EditAnswer, answer_from_document, parse_edit_answer
 
 _KEY = re.compile(rb'"b64_json"\s*:\s*"')
 # The key must turn up within this much JSON; past it, the body is parsed whole.
@@ -56,7 +56,7 @@ class EditAnswerStream:
             self._raw.append(chunk)
 
     def finish(self) -> EditAnswer:
-        """The answer, checked exactly as :func:`~airflow_bettertoken.protocol.parse_edit_answer` does."""
+        """The answer, checked exactly as :func:`.wire.parse_edit_answer` does."""
         if self._state == "tail":
             answer = self._finish_fast()
             if answer is not None:

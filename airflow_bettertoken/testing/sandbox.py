@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from airflow_bettertoken.emulator.app import EmulatorConfig
-from airflow_bettertoken.emulator.server import EmulatorServer
+from airflow_bettertoken.testing.emulator.app import EmulatorConfig
+from airflow_bettertoken.testing.emulator.server import EmulatorServer
 
 
 class LocalSandbox:

@@ -1,4 +1,4 @@
-"""``python -m airflow_bettertoken.emulator``: serve the emulator until interrupted."""
+"""``python -m airflow_bettertoken.testing.emulator``: serve the emulator until interrupted."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 
 import uvicorn
 
-from airflow_bettertoken.emulator.app import EmulatorConfig, create_app
-from airflow_bettertoken.protocol import SIZES
+from airflow_bettertoken.protocol.wire import SIZES
+from airflow_bettertoken.testing.emulator.app import EmulatorConfig, create_app
 
 
 def _size_pair(text: str) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 import pybase64
 
 from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenResponseError
-from airflow_bettertoken.png import DEFAULT_MAX_PIXELS, read_png_header
+from airflow_bettertoken.protocol.png import DEFAULT_MAX_PIXELS, read_png_header
 
 MODEL = "gpt-image-2"
 DEFAULT_BASE_URL = "https://www.bettertoken.ai/v1"
@@ -60,14 +60,6 @@ def check_size(size: object) -> str:
     if size not in SIZES:
         raise BetterTokenInputError(f"size {size!r} is not allowed; use one of: {', '.join(SIZES)}")
     return size  # type: ignore[return-value]
-
-
-def parse_size(size: str) -> tuple[int, int] | None:
-    """``"1536x1024"`` as ``(1536, 1024)``; None for ``"auto"``."""
-    if size == "auto":
-        return None
-    width, height = size.split("x")
-    return int(width), int(height)
 
 
 def check_image_count(count: int) -> None:

@@ -6,7 +6,11 @@ import io
 
 from PIL import Image, ImageDraw, ImageOps
 
-from airflow_bettertoken.protocol import parse_size
+
+def parse_size(size: str) -> tuple[int, int]:
+    """``"1536x1024"`` as ``(1536, 1024)``."""
+    width, height = size.split("x")
+    return int(width), int(height)
 
 
 def auto_size(width: int, height: int) -> str:
@@ -24,7 +28,7 @@ def render_edit(reference: bytes, size: str, size_map: dict[str, str]) -> bytes:
     with Image.open(io.BytesIO(reference)) as source:
         image = source.convert("RGB")
     tier = size if size != "auto" else auto_size(*image.size)
-    width, height = parse_size(size_map.get(tier, tier)) or (1024, 1024)
+    width, height = parse_size(size_map.get(tier, tier))
     image = ImageOps.fit(image, (width, height))
     image = ImageOps.posterize(ImageOps.invert(image), 3)
     border = max(4, width // 40)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from airflow_bettertoken.exceptions import BetterTokenConfigError
+
+__all__ = ["Decision", "Failure", "RetryLoop", "RetryPolicy", "Timing", "decide", "is_retryable_status"]
 
 # Statuses below 500 that are worth another try; every 5xx is, too.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
@@ -73,12 +77,15 @@ class RetryPolicy:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def field_names(cls) -> list[str]:
+        return sorted(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:
         """Refuse keys that are not policy fields, naming the allowed ones (for operator arguments)."""
-        known = sorted(f.name for f in dataclasses.fields(cls))
-        unknown = sorted(set(options) - set(known))
+        unknown = sorted(set(options) - set(cls.field_names()))
         if unknown:
-            raise BetterTokenConfigError(f"unknown retry options {unknown}; allowed: {known}")
+            raise BetterTokenConfigError(f"unknown retry options {unknown}; allowed: {cls.field_names()}")
         cls().with_options(options)
 
 
@@ -173,3 +180,69 @@ def decide(
     if elapsed + wait > policy.deadline:
         return Decision(False, wait, f"a retry in {wait:.1f} s would pass deadline={policy.deadline:.0f} s")
     return Decision(True, wait, failure.value if failure else f"status {status}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where a retry loop gets its time from; tests pass a recorder and a fake clock, never patch globals.
+
+    :param sleep: waits between attempts.
+    :param clock: a monotonic clock, for the deadline.
+    :param wall_clock: Unix time, for ``Retry-After`` dates.
+    :param random_fraction: a number in [0, 1) for the jitter.
+    """
+
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+    random_fraction: Callable[[], float] = random.random
+
+
+@dataclass
+class RetryLoop:
+    """The state of one retry loop: which attempt this is, and what :func:`decide` says after a failure.
+
+    >>> loop = RetryLoop(policy, timing)
+    >>> while True:
+    ...     loop.begin_attempt()
+    ...     try: return do_it()
+    ...     except SomeError: decision = loop.after_failure(status=503)
+    ...     if not decision.retry: raise ...
+    ...     loop.wait(decision)
+    """
+
+    policy: RetryPolicy
+    timing: Timing = field(default_factory=Timing)
+    attempt: int = 0
+    started: float | None = None
+
+    def begin_attempt(self) -> int:
+        if self.started is None:
+            self.started = self.timing.clock()
+        self.attempt += 1
+        return self.attempt
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.started is None else self.timing.clock() - self.started
+
+    def after_failure(
+        self,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        failure: Failure | None = None,
+    ) -> Decision:
+        return decide(
+            self.policy,
+            attempt=self.attempt,
+            elapsed=self.elapsed,
+            status=status,
+            headers=headers,
+            failure=failure,
+            now=self.timing.wall_clock(),
+            random_fraction=self.timing.random_fraction(),
+        )
+
+    def wait(self, decision: Decision) -> None:
+        self.timing.sleep(decision.wait)

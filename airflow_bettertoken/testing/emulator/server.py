@@ -9,7 +9,7 @@ from typing import Any
 import requests
 import uvicorn
 
-from airflow_bettertoken.emulator.app import EmulatorConfig, create_app
+from airflow_bettertoken.testing.emulator.app import EmulatorConfig, create_app
 
 
 class EmulatorControl:

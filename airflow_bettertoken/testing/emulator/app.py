@@ -24,8 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
-from airflow_bettertoken.emulator.imaging import render_edit
-from airflow_bettertoken.protocol import (
+from airflow_bettertoken.protocol.wire import (
     IMAGE_TYPES,
     MAX_IMAGE_BYTES,
     MAX_IMAGES,
@@ -34,6 +33,7 @@ from airflow_bettertoken.protocol import (
     SIZES,
     sniff_image_type,
 )
+from airflow_bettertoken.testing.emulator.imaging import render_edit
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""What the hook reads from its Airflow connection, checked, and what to tell a user who must fix it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_bettertoken.exceptions import BetterTokenConfigError
+from airflow_bettertoken.protocol.png import DEFAULT_MAX_PIXELS
+from airflow_bettertoken.protocol.retry import RetryPolicy
+from airflow_bettertoken.protocol.wire import DEFAULT_BASE_URL
+
+DEFAULT_TIMEOUT = 900.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# The extras of the hook itself; the retry policy's fields are known too.
+_HOOK_EXTRAS = ("timeout", "connect_timeout", "verify", "proxies", "max_pixels")
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """The connection's fields, checked."""
+
+    conn_id: str
+    base_url: str
+    api_key: str = field(repr=False)
+    timeout: float
+    connect_timeout: float
+    verify: bool | str
+    proxies: dict[str, str]
+    retry_policy: RetryPolicy
+    max_pixels: int
+
+
+def read_settings(
+    conn: Any, conn_id: str, retry_overrides: Mapping[str, Any], log: logging.Logger
+) -> ConnectionSettings:
+    """Check an Airflow Connection's fields; every problem is a :class:`BetterTokenConfigError`."""
+    api_key = conn.password or ""
+    if not api_key.strip():
+        raise BetterTokenConfigError(
+            f"connection {conn_id!r} has no API key; put it in the password field ('API Key' in the UI)"
+        )
+    base_url = (conn.host or DEFAULT_BASE_URL).rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise BetterTokenConfigError(
+            f"connection {conn_id!r} host must be a base URL starting with "
+            f"https:// (or http:// for a local emulator), such as {DEFAULT_BASE_URL}"
+        )
+    extra = conn.extra_dejson
+    known = sorted({*_HOOK_EXTRAS, *RetryPolicy.field_names()})
+    unknown = sorted(set(extra) - set(known))
+    if unknown:
+        log.warning("Connection %r: unknown extra %s ignored; known extras: %s", conn_id, unknown, known)
+    proxies = extra.get("proxies") or {}
+    if not isinstance(proxies, dict):
+        raise BetterTokenConfigError(
+            f"connection {conn_id!r} extra 'proxies' must be a mapping of scheme to proxy URL"
+        )
+    return ConnectionSettings(
+        conn_id=conn_id,
+        base_url=base_url,
+        api_key=api_key,
+        timeout=_positive(extra, "timeout", DEFAULT_TIMEOUT, conn_id),
+        connect_timeout=_positive(extra, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, conn_id),
+        verify=extra.get("verify", True),
+        proxies=proxies,
+        retry_policy=RetryPolicy().with_options(extra).with_options(retry_overrides),
+        max_pixels=int(_positive(extra, "max_pixels", DEFAULT_MAX_PIXELS, conn_id)),
+    )
+
+
+def _positive(extra: Mapping[str, Any], name: str, default: float, conn_id: str) -> float:
+    value = extra.get(name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or number <= 0:
+        raise BetterTokenConfigError(
+            f"connection {conn_id!r} extra {name!r} must be a number > 0, got {value!r}"
+        )
+    return number
+
+
+def fix_hint(status: int, settings: ConnectionSettings) -> str:
+    """What the user should change in the connection after this error status, or an empty string."""
+    conn = f"connection {settings.conn_id!r}"
+    if status in (401, 403):
+        return f"Check the API key of {conn}: it belongs in the password field ('API Key' in the UI)" + (
+            ", and the key must be allowed to use this model" if status == 403 else ""
+        )
+    if status == 404 and not settings.base_url.endswith("/v1"):
+        return (
+            f"The host of {conn} is {settings.base_url}, without /v1; "
+            f"the base URL is probably {settings.base_url}/v1"
+        )
+    if status == 404:
+        return f"Check the host of {conn}: it should be the API's base URL, such as {DEFAULT_BASE_URL}"
+    return ""

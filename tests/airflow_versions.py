@@ -1,0 +1,23 @@
+"""The few places where the tests reach into Airflow internals that moved between minors.
+
+The package itself goes through ``airflow.providers.common.compat``; only the tests need these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DAGS = Path(__file__).resolve().parents[1] / "dags"
+
+
+def dagbag(folder: Path = DAGS):
+    """The DAGs in ``folder``, parsed. ``DagBag`` moved to ``airflow.dag_processing`` in Airflow 3.1."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.0
+        from airflow.models.dagbag import DagBag
+    return DagBag(dag_folder=str(folder))
+
+
+def load_dag(dag_id: str):
+    return dagbag().get_dag(dag_id)

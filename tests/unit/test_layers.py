@@ -1,0 +1,84 @@
+"""The package's layers: each imports only those below it, and the runtime loads no testing tools."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "airflow_bettertoken"
+
+# What each part of the package may import from the package, and whether it may import Airflow.
+# exceptions.py sits beneath every layer: its base class is Airflow's AirflowException.
+ALLOWED = {
+    "exceptions": ({"exceptions"}, True),
+    "protocol": ({"exceptions", "protocol"}, False),
+    "hooks": ({"exceptions", "protocol", "hooks", "get_provider_info", "__init__"}, True),
+    "storage": ({"exceptions", "protocol", "storage"}, True),
+    "operators": ({"exceptions", "protocol", "hooks", "storage", "operators"}, True),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def _layer_files() -> list[tuple[str, Path]]:
+    files = [("exceptions", PACKAGE / "exceptions.py")]
+    for layer in ("protocol", "hooks", "storage", "operators"):
+        files += [(layer, path) for path in sorted((PACKAGE / layer).glob("*.py"))]
+    return files
+
+
+@pytest.mark.parametrize(("layer", "path"), _layer_files(), ids=lambda v: getattr(v, "name", v))
+def test_each_layer_imports_only_the_layers_below_it(layer, path):
+    allowed, may_import_airflow = ALLOWED[layer]
+    for name in _imports(path):
+        parts = name.split(".")
+        if parts[0] == "airflow_bettertoken":
+            part = parts[1] if len(parts) > 1 else "__init__"
+            assert part in allowed, f"{path.name} ({layer}) imports {name}"
+        if parts[0] == "airflow":
+            assert may_import_airflow, f"{path.name} ({layer}) imports {name}"
+
+
+def test_the_runtime_loads_no_testing_tools():
+    """Importing the hook and operators and parsing the example DAGs loads no emulator or sandbox stack.
+
+    Counted against what Airflow loads by itself to parse DAGs (Airflow 3.0's DagBag loads FastAPI).
+    """
+    code = """
+import sys
+import tempfile
+from pathlib import Path
+import tests.airflow_versions
+plain = Path(tempfile.mkdtemp())
+(plain / "plain.py").write_text("from airflow.sdk import DAG, Param; DAG('plain', params={'p': Param(1)})")
+tests.airflow_versions.dagbag(plain)
+before = set(sys.modules)
+import airflow_bettertoken.hooks.bettertoken
+import airflow_bettertoken.operators.image_edit
+import airflow_bettertoken.operators.list_images
+import airflow_bettertoken.operators.manifest
+assert tests.airflow_versions.dagbag().import_errors == {}
+added = set(sys.modules) - before
+tools = ("fastapi", "uvicorn", "moto", "PIL", "starlette", "airflow_bettertoken.testing")
+print(sorted(m for m in added if m.split(".")[0] in tools or m.startswith(tools[-1])))
+"""
+    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
