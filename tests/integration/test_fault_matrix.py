@@ -29,6 +29,7 @@ from airflow_bettertoken.protocol.png import verify_png
 from airflow_bettertoken.testing.samples import sample_image
 from tests.broken_pngs import png_claiming, with_bad_crc
 from tests.integration.s3_fault_proxy import S3FaultProxy
+from tests.virtual_time import VirtualTime
 
 PNG = sample_image(160, 120)
 ERROR = {"error": {"message": "injected", "type": "server_error"}}
@@ -201,8 +202,16 @@ def faulty_s3(sandbox, monkeypatch):
     proxy.stop()
 
 
+@pytest.fixture
+def virtual_time(monkeypatch) -> VirtualTime:
+    """The operator's retry loops (API and S3) wait in virtual time: waits are recorded, not slept."""
+    clock = VirtualTime()
+    monkeypatch.setattr(BetterTokenImageEditOperator, "timing", clock.timing())
+    return clock
+
+
 def test_20_transient_upload_failure_is_retried(
-    s3, buckets, emulator, task_context, faulty_s3, check_case, tmp_path
+    s3, buckets, emulator, task_context, faulty_s3, check_case, tmp_path, virtual_time
 ):
     s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
     faulty_s3.fail_puts = 2
@@ -210,12 +219,13 @@ def test_20_transient_upload_failure_is_retried(
     outcome, text = run_task({**op, "aws_conn_id": "aws_faulty", "spill_dir": str(tmp_path)}, task_context)
 
     assert faulty_s3.failed_puts == 2
+    assert [round(wait) for wait in virtual_time.waits] == [1, 2]  # the shared policy's backoff, no sleep
     assert list(tmp_path.iterdir()) == []  # nothing left behind in the spill directory
     check_case("20-transient-upload-failure", outcome, "success", 1, 1, text=text)
 
 
 def test_21_permanent_upload_failure_keeps_the_paid_image(
-    s3, buckets, emulator, task_context, faulty_s3, check_case, tmp_path
+    s3, buckets, emulator, task_context, faulty_s3, check_case, tmp_path, virtual_time
 ):
     s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
     faulty_s3.fail_puts = -1
@@ -225,9 +235,10 @@ def test_21_permanent_upload_failure_keeps_the_paid_image(
         "dest": f"s3://{buckets.out}/a.png",
         "spill_dir": str(tmp_path),
     }
-    outcome, text = run_task({**op, "aws_conn_id": "aws_faulty", "upload_deadline": 1.5}, task_context)
+    outcome, text = run_task({**op, "aws_conn_id": "aws_faulty", "upload_deadline": 30}, task_context)
 
     assert outcome == "retry"
+    assert sum(virtual_time.waits) <= 30 < sum(virtual_time.waits) + 30  # gave up at the deadline
     assert "a rerun on this worker uploads it without paying again" in text
     [spilled] = tmp_path.glob("*.png")
     assert str(spilled) in text

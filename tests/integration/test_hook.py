@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 
 import pytest
@@ -11,9 +12,11 @@ from airflow_bettertoken.exceptions import (
     BetterTokenBadRequestError,
     BetterTokenConfigError,
     BetterTokenInputError,
+    BetterTokenResponseError,
 )
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.testing.samples import sample_image
+from tests.broken_pngs import with_bad_crc
 
 PNG = sample_image(300, 200, "png")
 JPEG = sample_image(200, 300, "jpg", seed=1)
@@ -157,3 +160,27 @@ def test_sessions_send_tcp_keepalive(sandbox):
     [pool] = [pools[key] for key in pools.keys()]  # noqa: SIM118 (the container refuses iteration)
     [used] = [conn for conn in pool.pool.queue if conn is not None]  # the edit's, back in the pool
     assert used.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
+@pytest.mark.parametrize("png", [PNG[: len(PNG) // 2], with_bad_crc(PNG)], ids=["truncated", "bad-crc"])
+def test_the_hook_returns_only_a_png_checked_whole(emulator, png):
+    """A user calling the hook from their own @task never gets a broken image to store."""
+    body = {"created": 1, "data": [{"b64_json": base64.b64encode(png).decode()}]}
+    emulator.queue({"status": 200, "json": body})
+    with pytest.raises(BetterTokenResponseError):
+        BetterTokenHook().edit_image("x", [PNG])
+    assert emulator.stats()["posts"] == 1  # paid, so not retried
+
+
+def test_an_unknown_connection_extra_is_named_with_the_known_ones(emulator, connection, caplog, capfd):
+    hook = BetterTokenHook(connection(extra={"time_out": 60}))
+    hook.check_config()
+    logged = caplog.text + "".join(capfd.readouterr())  # Airflow may route hook logs to structlog
+    assert "unknown extra ['time_out'] ignored" in logged
+    assert "'timeout'" in logged and "'max_attempts'" in logged
+
+
+@pytest.mark.parametrize("value", ["big", 0, -5, True], ids=["text", "zero", "negative", "bool"])
+def test_a_bad_max_pixels_is_a_config_error(emulator, connection, value):
+    with pytest.raises(BetterTokenConfigError, match="'max_pixels' must be a number > 0"):
+        BetterTokenHook(connection(extra={"max_pixels": value})).check_config()

@@ -203,3 +203,11 @@ def test_templated_arguments_are_checked_when_the_task_runs(s3, buckets, emulato
 def test_errors_are_input_errors_at_parse_time():
     with pytest.raises(BetterTokenInputError):
         edit(source="s3://in/a.png", dest="s3://out/edited/", size="huge")
+
+
+def test_the_old_retry_argument_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="use api_retry="):
+        op = edit(source="s3://in/a.png", dest="s3://out/edited/", retry={"max_attempts": 2})
+    assert op.api_retry == {"max_attempts": 2}
+    with pytest.raises(Exception, match="unknown retry options"), pytest.warns(DeprecationWarning):
+        edit(source="s3://in/a.png", dest="s3://out/edited/", retry={"max_atempts": 2})
