@@ -31,7 +31,7 @@ MB = 1_000_000
 
 def make_cases() -> dict[str, Path]:
     """The answers to serve, as JSON bodies on disk: built once, then reused."""
-    from airflow_bettertoken.emulator.samples import sample_image
+    from airflow_bettertoken.testing.samples import sample_image
 
     OUT.mkdir(exist_ok=True)
 

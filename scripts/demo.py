@@ -25,8 +25,8 @@ os.environ.update(
 
 import pendulum  # noqa: E402
 
-from airflow_bettertoken.emulator.samples import sample_image  # noqa: E402
-from airflow_bettertoken.emulator.sandbox import LocalSandbox, return_values  # noqa: E402
+from airflow_bettertoken.testing.samples import sample_image  # noqa: E402
+from airflow_bettertoken.testing.sandbox import LocalSandbox, return_values  # noqa: E402
 
 IN_BUCKET, OUT_BUCKET = "bettertoken-in", "bettertoken-out"
 SAMPLES = {"mug.png": (480, 480), "shoes/left.jpg": (640, 400), "lamp.webp": (360, 540)}
