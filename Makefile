@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+# The Airflow versions of the matrix: one per supported minor. `make test` covers the newest.
+MATRIX := 3.0.6 3.1.8 3.2.2 3.3.2
+AIRFLOW ?= 3.3.2
+
+.PHONY: demo test lint bench clean test-airflow test-matrix
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +25,16 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The unit and integration tests on one Airflow version, in its own venv: make test-airflow AIRFLOW=3.0.6
+test-airflow:
+	PYTHON=$(PYTHON) scripts/test-airflow.sh $(AIRFLOW)
+
+# Every supported minor in turn; stops at the first that fails.
+test-matrix:
+	@for version in $(MATRIX); do PYTHON=$(PYTHON) scripts/test-airflow.sh $$version || exit 1; done
+
 clean:
-	rm -rf $(VENV) .demo demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-airflow-* .demo demo-output .pytest_cache .ruff_cache
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
