@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import openai
 import pytest
@@ -77,3 +78,39 @@ def test_emulator_refuses_bad_requests_openai_style(sandbox, emulator, files, fi
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
     assert emulator.stats()["paid"] == 0
+
+
+def test_the_emulator_logs_one_line_per_request_and_never_the_key(tmp_path):
+    """Run as a user runs it, in its own process: each request is one line on its output."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.cluster.cluster import free_port, wait_for_port
+
+    port, key = free_port(), "sk-emulator-log-test-0123456789"
+    output = (tmp_path / "emulator.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow_bettertoken.testing.emulator", "--port", str(port)],
+        env={**os.environ, "BETTERTOKEN_EMULATOR_API_KEY": key},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, process, "the emulator")
+        auth = {"Authorization": f"Bearer {key}"}
+        requests.post(
+            f"http://127.0.0.1:{port}/v1/images/edits",
+            headers=auth,
+            data={"model": "gpt-image-2", "prompt": "p", "size": "1024x1024"},
+            files=[("image[]", ("a.png", PNG, "image/png")), ("image[]", ("b.jpg", JPEG, "image/jpeg"))],
+            timeout=60,
+        ).raise_for_status()
+        requests.get(f"http://127.0.0.1:{port}/models", headers=auth, timeout=10)  # no /v1: a 404
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    text = (tmp_path / "emulator.log").read_text()
+    logged = re.findall(r"(GET|POST) (\S+) (\d+) \d+ ms images=(\d+)", text)
+    assert logged == [("POST", "/v1/images/edits", "200", "2"), ("GET", "/models", "404", "0")]
+    assert key not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 import uvicorn
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = EmulatorConfig(api_key=args.api_key, latency=args.latency, size_map=dict(args.size_map))
     print(f"BetterToken emulator on http://{args.host}:{args.port}/v1", flush=True)
+    # One line per request (method, path, status, latency, images); never a key or a body.
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
+    logging.getLogger("bettertoken.emulator").setLevel(logging.INFO)
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", lifespan="off")
 
 

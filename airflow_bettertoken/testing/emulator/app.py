@@ -34,6 +34,7 @@ from airflow_bettertoken.protocol.wire import (
     sniff_image_type,
 )
 from airflow_bettertoken.testing.emulator.imaging import render_edit
+from airflow_bettertoken.testing.emulator.request_log import RequestLog
 
 
 @dataclass
@@ -204,6 +205,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     """The emulator as an ASGI app; serve it with uvicorn (connection faults need uvicorn)."""
     initial = config or EmulatorConfig()
     app = FastAPI(title="BetterToken emulator", docs_url=None, redoc_url=None)
+    app.add_middleware(RequestLog)
     state = {"config": EmulatorConfig(initial.api_key, initial.latency, dict(initial.size_map))}
     ledger = Ledger()
     faults: deque[dict[str, Any]] = deque()
@@ -246,6 +248,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             _check_auth(request, config)
             prompt, size = _check_fields(form)
             images = await _check_images(form)
+            request.state.images = len(images)
             fault = faults.popleft() if faults else None
             entry["fault"] = fault and (fault.get("action") or fault.get("status"))
             if fault and fault.get("action") == "reset":
