@@ -4,9 +4,15 @@ Every edit runs in the ``bettertoken`` pool, which caps the paid calls in flight
 
     airflow pools set bettertoken 4 "BetterToken paid image edits"
 
-Reruns are safe: outputs that exist are skipped without a call. The last task writes
-``_manifest.json`` next to the outputs. Over a date range, with ``by_date`` on, each run takes
-the day's sub-prefix:
+Each run plans only the images whose output does not exist yet, at most ``max_edits_per_run`` of
+them. With ``until_done`` on, a run that made progress triggers the next run with the same conf
+until nothing remains, so one trigger edits a whole catalog:
+
+    airflow dags trigger bettertoken_backfill --conf '{"until_done": true, "max_edits_per_run": 500}'
+
+The run records itself in ``_manifests/<run id>.json`` next to the outputs, and ``_manifest.json``
+sums every run. A run in which any edit failed ends ``failed``. Over a date range, with ``by_date``
+on, each run takes the day's sub-prefix:
 
     airflow backfill create --dag-id bettertoken_backfill \\
         --from-date 2026-11-01 --to-date 2026-11-07 --dag-run-conf '{"by_date": true}'
@@ -22,8 +28,13 @@ from airflow.sdk import DAG, Param
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
+from airflow_bettertoken.operators.next_chunk import BetterTokenNextChunkOperator
+from airflow_bettertoken.protocol.wire import SIZES
 
-DAY = "{{ ds ~ '/' if params.by_date else '' }}"
+# The day a by_date run works on: the day its first chunk pinned in the conf, or the run's own date
+# (a run triggered without a logical date has no `ds`: its run_after stands in).
+THE_DAY = "(params.day or (dag_run.logical_date or dag_run.run_after).strftime('%Y-%m-%d'))"
+DAY = "{{ " + THE_DAY + " ~ '/' if params.by_date else '' }}"
 
 with DAG(
     dag_id="bettertoken_backfill",
@@ -38,13 +49,25 @@ with DAG(
         "source_prefix": Param("catalog/", type="string", pattern="^([^/].*/)?$"),
         "dest_prefix": Param("catalog-edited/", type="string", pattern="^[^/].*/$"),
         "by_date": Param(False, type="boolean"),
+        "day": Param(
+            "", type="string", description="With by_date: the day to edit; empty for the run's date"
+        ),
         "prompt": Param("Put the product on a plain white background", type="string", minLength=1),
-        "size": Param("auto", type="string"),
+        "size": Param("auto", enum=list(SIZES)),
+        "max_edits_per_run": Param(500, type="integer", minimum=1, maximum=1024),
+        "until_done": Param(
+            False, type="boolean", description="Trigger the next run until every image is done"
+        ),
     },
 ) as dag:
     source = "s3://{{ params.in_bucket }}/{{ params.source_prefix }}" + DAY
     dest = "s3://{{ params.out_bucket }}/{{ params.dest_prefix }}" + DAY
-    images = BetterTokenListImagesOperator(task_id="list_images", source_prefix=source, dest_prefix=dest)
+    images = BetterTokenListImagesOperator(
+        task_id="list_images",
+        source_prefix=source,
+        dest_prefix=dest,
+        max_edits="{{ params.max_edits_per_run }}",
+    )
     edits = BetterTokenImageEditOperator.partial(
         task_id="edit_image",
         prompt="{{ params.prompt }}",
@@ -53,10 +76,19 @@ with DAG(
         retries=2,
         retry_delay=timedelta(seconds=30),
     ).expand_kwargs(images.output)
-    BetterTokenManifestOperator(
+    next_chunk = BetterTokenNextChunkOperator(
+        task_id="next_chunk",
+        edits=images.output,
+        results=edits.output,
+        until_done="{{ params.until_done }}",
+        conf_updates={"day": "{{ " + THE_DAY + " }}"},
+    )
+    manifest = BetterTokenManifestOperator(
         task_id="write_manifest",
         edits=images.output,
         results=edits.output,
         manifest_uri=dest + "_manifest.json",
+        next_chunk_task_id="next_chunk",
         trigger_rule="all_done",
     )
+    edits >> next_chunk >> manifest

@@ -18,6 +18,7 @@ from airflow.sdk import DAG, Asset, AssetAlias, Param, task
 
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
 
 INCOMING = Asset(name="bettertoken_incoming", uri="s3://bettertoken-in/stream/")
 EDITED = AssetAlias(name="bettertoken_edited_images")
@@ -89,9 +90,16 @@ with DAG(
     images = BetterTokenListImagesOperator(
         task_id="list_new_images", source_prefix=batch["source_prefix"], dest_prefix=batch["dest_prefix"]
     )
-    BetterTokenImageEditOperator.partial(
+    edits = BetterTokenImageEditOperator.partial(
         task_id="edit_image", prompt="{{ params.prompt }}", outlets=[EDITED], retries=2
     ).expand_kwargs(images.output)
+    BetterTokenManifestOperator(
+        task_id="write_manifest",
+        edits=images.output,
+        results=edits.output,
+        manifest_uri="{{ ti.xcom_pull(task_ids='new_batch', key='dest_prefix') }}_manifest.json",
+        trigger_rule="all_done",
+    )
 
 
 with DAG(

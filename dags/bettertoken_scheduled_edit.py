@@ -1,7 +1,9 @@
 """A scheduled edit: every day, edit that day's reference images with gpt-image-2.
 
-Reads ``s3://<in_bucket>/incoming/<ds>/`` and writes ``s3://<out_bucket>/edited/<ds>/``,
-keeping each image's relative path. A day with no images skips the edit task.
+Reads ``s3://<in_bucket>/incoming/<ds>/`` and writes ``s3://<out_bucket>/edited/<ds>/``, keeping each
+image's relative path. Only images without an output are edited, so a re-triggered day pays for
+nothing it already made; a day with no new images skips the edit task. The manifest task records
+the day in ``edited/<ds>/_manifests/`` and fails the run if any edit failed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from airflow.sdk import DAG, Param
 
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
+from airflow_bettertoken.protocol.wire import SIZES
 
 with DAG(
     dag_id="bettertoken_scheduled_edit",
@@ -23,7 +27,7 @@ with DAG(
         "in_bucket": Param("bettertoken-in", type="string"),
         "out_bucket": Param("bettertoken-out", type="string"),
         "prompt": Param("Turn this photo into a clean studio product shot", type="string", minLength=1),
-        "size": Param("auto", type="string"),
+        "size": Param("auto", enum=list(SIZES)),
     },
 ) as dag:
     todays_images = BetterTokenListImagesOperator(
@@ -31,9 +35,16 @@ with DAG(
         source_prefix="s3://{{ params.in_bucket }}/incoming/{{ ds }}/",
         dest_prefix="s3://{{ params.out_bucket }}/edited/{{ ds }}/",
     )
-    BetterTokenImageEditOperator.partial(
+    edits = BetterTokenImageEditOperator.partial(
         task_id="edit_image",
         prompt="{{ params.prompt }}",
         size="{{ params.size }}",
         retries=2,
     ).expand_kwargs(todays_images.output)
+    BetterTokenManifestOperator(
+        task_id="write_manifest",
+        edits=todays_images.output,
+        results=edits.output,
+        manifest_uri="s3://{{ params.out_bucket }}/edited/{{ ds }}/_manifest.json",
+        trigger_rule="all_done",
+    )

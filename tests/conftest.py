@@ -15,6 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.integration.s3_fault_proxy import S3FaultProxy
+
 ROOT = Path(__file__).resolve().parent.parent
 # Airflow reads its configuration when first imported, so this comes before any Airflow import.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="bettertoken-tests-airflow-")
@@ -81,11 +83,32 @@ def connection(monkeypatch, sandbox):
     return define
 
 
+class TaskInstanceStub(SimpleNamespace):
+    """The part of a task instance the operators use: its identity, and XCom pushes (kept in ``xcoms``)."""
+
+    def xcom_push(self, key: str, value) -> None:
+        self.xcoms[key] = value
+
+
 @pytest.fixture
 def task_context():
-    """The part of a task's context the operators read: the task instance's identity."""
-    ti = SimpleNamespace(dag_id="test_dag", task_id="edit", run_id="manual__test", map_index=-1, try_number=1)
+    """The part of a task's context the operators read, for calling ``execute()`` directly."""
+    ti = TaskInstanceStub(
+        dag_id="test_dag", task_id="edit", run_id="manual__test", map_index=-1, try_number=1, xcoms={}
+    )
     return {"ti": ti}
+
+
+@pytest.fixture
+def faulty_s3(sandbox, monkeypatch):
+    """An AWS connection ``aws_faulty`` whose requests go through a proxy that counts them and can fail
+    uploads."""
+    proxy = S3FaultProxy(sandbox.s3_endpoint).start()
+    # boto3's own retries are off, so that what is tested is the operator's upload loop.
+    conn = sandbox.aws_connection(proxy.endpoint, config_kwargs={"retries": {"total_max_attempts": 1}})
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_FAULTY", json.dumps(conn))
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture(scope="session")

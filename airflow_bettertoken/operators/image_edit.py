@@ -23,6 +23,7 @@ from airflow_bettertoken.protocol.retry import RetryPolicy, Timing
 from airflow_bettertoken.protocol.wire import MODEL, check_image_count, check_prompt, check_size, fingerprint
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore, UploadFailed
+from airflow_bettertoken.storage.run_manifest import failure_record
 from airflow_bettertoken.storage.spill import SpillDir
 
 if TYPE_CHECKING:
@@ -126,7 +127,12 @@ class BetterTokenImageEditOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         with fail_task_on_permanent_error():
-            xcom = self._edit(context)
+            try:
+                xcom = self._edit(context)
+            except Exception as err:
+                # Why this edit failed, for the run's manifest: a failed task has no return value.
+                context["ti"].xcom_push(key="failure", value=failure_record(self.source, self.dest, err))
+                raise
         self._lineage = (xcom["source_uris"], xcom["output_uri"])
         if xcom["skipped"]:
             Stats.incr("bettertoken.output.skipped")

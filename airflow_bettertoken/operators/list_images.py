@@ -1,4 +1,4 @@
-"""List the images under an S3 prefix as edit arguments, ready for ``.expand_kwargs(...)``."""
+"""Plan the edits under an S3 prefix, ready for ``.expand_kwargs(...)``: only what is pending, in chunks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_bettertoken.exceptions import BetterTokenInputError, fail_task_on_permanent_error
-from airflow_bettertoken.storage.listing import plan_edits
+from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+from airflow_bettertoken.operators.preflight import preflight
+from airflow_bettertoken.storage.listing import plan_pending
 from airflow_bettertoken.storage.locations import parse_s3_prefix
+from airflow_bettertoken.storage.objects import ImageStore
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -23,43 +26,82 @@ class BetterTokenListImagesOperator(BaseOperator):
     """List PNG, JPEG and WEBP images under a prefix, each paired with its output under another prefix.
 
     Returns ``[{"source": ..., "dest": ...}, ...]`` for
-    ``BetterTokenImageEditOperator.partial(...).expand_kwargs(...)``. An empty prefix gives an empty
-    list, and Airflow then skips the mapped edit instead of failing it.
+    ``BetterTokenImageEditOperator.partial(...).expand_kwargs(...)``, in source key order, so that chunks
+    are stable from run to run. An empty list makes Airflow skip the mapped edit.
+
+    Two paginated LISTs (sources, and outputs under ``dest_prefix``) decide what is pending; no object
+    is read. The XCom key ``counts`` holds ``images``, ``done``, ``pending``, ``planned`` and
+    ``remaining``. First, a preflight checks the BetterToken connection (``GET /models``, not paid)
+    and that ``dest_prefix`` can be written, so that a wrong key or bucket fails once, here.
 
     :param source_prefix: ``s3://bucket/prefix/`` to list, recursively. (templated)
     :param dest_prefix: ``s3://bucket/prefix/`` for the outputs. (templated)
+    :param only_pending: plan only images whose output does not exist yet. ``False`` plans every image,
+        for a forced re-edit with ``if_exists="replace"``.
+    :param max_edits: plan at most this many; default ``[core] max_map_length``. The rest is left for
+        later runs and counted in ``remaining``.
+    :param preflight: run the preflight checks first.
+    :param bettertoken_conn_id: the BetterToken connection the edits will use.
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("source_prefix", "dest_prefix")
+    template_fields: Sequence[str] = ("source_prefix", "dest_prefix", "max_edits")
 
     def __init__(
-        self, *, source_prefix: str, dest_prefix: str, aws_conn_id: str | None = "aws_default", **kwargs: Any
+        self,
+        *,
+        source_prefix: str,
+        dest_prefix: str,
+        only_pending: bool = True,
+        max_edits: int | str | None = None,
+        preflight: bool = True,
+        bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
+        aws_conn_id: str | None = "aws_default",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.source_prefix = source_prefix
         self.dest_prefix = dest_prefix
+        self.only_pending = only_pending
+        self.max_edits = max_edits
+        self.preflight = preflight
+        self.bettertoken_conn_id = bettertoken_conn_id
         self.aws_conn_id = aws_conn_id
 
     @cached_property
-    def s3_hook(self) -> S3Hook:
-        return S3Hook(aws_conn_id=self.aws_conn_id)
+    def store(self) -> ImageStore:
+        return ImageStore(S3Hook(aws_conn_id=self.aws_conn_id))
 
     def execute(self, context: Context) -> list[dict[str, str]]:
         with fail_task_on_permanent_error():
-            return self._list()
-
-    def _list(self) -> list[dict[str, str]]:
-        source = parse_s3_prefix(self.source_prefix, "source_prefix")
-        dest = parse_s3_prefix(self.dest_prefix, "dest_prefix")
-        keys = self.s3_hook.list_keys(bucket_name=source.bucket, prefix=source.key) or []
-        edits = plan_edits(keys, source, dest)
-        limit = conf.getint("core", "max_map_length")
-        if len(edits) > limit:
-            raise BetterTokenInputError(
-                f"{len(edits)} images under {self.source_prefix} exceed [core] max_map_length={limit}. "
-                "Run them in chunks (one run per sub-prefix), or raise the limit with "
-                "AIRFLOW__CORE__MAX_MAP_LENGTH"
+            source = parse_s3_prefix(self.source_prefix, "source_prefix")
+            dest = parse_s3_prefix(self.dest_prefix, "dest_prefix")
+            limit = self._max_edits()
+            if self.preflight:
+                preflight(BetterTokenHook(self.bettertoken_conn_id), self.store, dest)
+            source_keys = self.store.list_keys(source)
+            output_keys = self.store.list_keys(dest) if self.only_pending else []
+            plan = plan_pending(
+                source_keys, output_keys, source, dest, only_pending=self.only_pending, max_edits=limit
             )
-        self.log.info("Found %d images under %s", len(edits), self.source_prefix)
-        return edits
+        context["ti"].xcom_push(key="counts", value=plan.counts)
+        self.log.info("Images under %s: %s", self.source_prefix, plan.counts)
+        if plan.remaining:
+            self.log.info(
+                "%d pending images are left for later runs (max_edits=%d per run)", plan.remaining, limit
+            )
+        return plan.edits
+
+    def _max_edits(self) -> int:
+        limit = conf.getint("core", "max_map_length")
+        if self.max_edits in (None, ""):
+            return limit
+        try:
+            value = int(self.max_edits)
+        except (TypeError, ValueError):
+            value = 0
+        if not 1 <= value <= limit:
+            raise BetterTokenInputError(
+                f"max_edits={self.max_edits!r} must be a whole number from 1 to [core] max_map_length={limit}"
+            )
+        return value

@@ -1,43 +1,45 @@
-"""Write the manifest of a mapped edit run next to its outputs."""
+"""Write the manifests of a mapped edit run next to its outputs, then make the run's state tell the truth."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.providers.common.compat.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
 from airflow_bettertoken.exceptions import fail_task_on_permanent_error
+from airflow_bettertoken.operators._xcom import materialize, task_id_of
+from airflow_bettertoken.operators.next_chunk import DECISION_KEY
 from airflow_bettertoken.storage.locations import parse_s3_uri
-from airflow_bettertoken.storage.run_manifest import build_manifest
+from airflow_bettertoken.storage.run_manifest import build_run_manifest, write_manifests
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
-
-def _materialize(values: Any) -> list[Any]:
-    """A mapped task's XComs as a list. Indexing up to ``len`` asks for each value once; plain
-    iteration would probe one offset past the end and log a spurious 'XCom not found'."""
-    if values is None:
-        return []
-    return [values[index] for index in range(len(values))]
+__all__ = ["BetterTokenManifestOperator"]
 
 
 class BetterTokenManifestOperator(BaseOperator):
-    """Reduce a mapped edit's results into a manifest JSON object on S3; returns its counts.
+    """Record what a mapped edit run did, then fail the run if any edit failed.
 
-    Run it with ``trigger_rule="all_done"`` so that a run with failed edits still gets its manifest.
+    Writes ``_manifests/<run id>.json`` beside ``manifest_uri`` (never another run's), then rebuilds
+    the summary at ``manifest_uri`` from every run's manifest. Run it with ``trigger_rule="all_done"``
+    so that a run with failed edits still gets its record; it then fails, so that the run ends
+    ``failed``. Skipped edits (the output existed) count as success.
 
-    :param edits: the listing's ``{"source", "dest"}`` pairs, e.g. ``list_task.output``. (templated)
-    :param results: the mapped edit's return values, e.g. ``edit_task.output``. (templated)
-    :param manifest_uri: where to write it, e.g. ``s3://bucket/edited/_manifest.json``. (templated)
+    :param edits: the listing's ``{"source", "dest"}`` pairs: ``list_task.output``. (templated)
+    :param results: the mapped edit's return values: ``edit_task.output``. Its ``failure`` XCom gives
+        each failed edit's reason. (templated)
+    :param manifest_uri: the summary, e.g. ``s3://bucket/edited/_manifest.json``. (templated)
+    :param next_chunk_task_id: the task that triggers the next chunk's run, if the DAG has one.
+    :param fail_on_failed_edits: fail this task, and so the run, when any edit failed.
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("edits", "results", "manifest_uri")
+    template_fields: Sequence[str] = ("edits", "results", "failures", "manifest_uri")
 
     def __init__(
         self,
@@ -45,13 +47,21 @@ class BetterTokenManifestOperator(BaseOperator):
         edits: Any,
         results: Any,
         manifest_uri: str,
+        next_chunk_task_id: str | None = None,
+        fail_on_failed_edits: bool = True,
         aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.edits = edits
         self.results = results
+        # The failed edits' reasons, when results is an edit task's output (a mapped one resolves
+        # to the values that exist, so a run without failures is no error).
+        self.failures = results["failure"] if task_id_of(results) else None
+        self.listing_task_id = task_id_of(edits)
         self.manifest_uri = manifest_uri
+        self.next_chunk_task_id = next_chunk_task_id
+        self.fail_on_failed_edits = fail_on_failed_edits
         self.aws_conn_id = aws_conn_id
 
     @cached_property
@@ -59,15 +69,48 @@ class BetterTokenManifestOperator(BaseOperator):
         return S3Hook(aws_conn_id=self.aws_conn_id)
 
     def execute(self, context: Context) -> dict[str, int]:
+        ti = context["ti"]
         with fail_task_on_permanent_error():
-            location = parse_s3_uri(self.manifest_uri, "manifest_uri")
-        manifest = {
-            "dag_id": context["ti"].dag_id,
-            "run_id": context["ti"].run_id,
-            **build_manifest(self.edits or [], _materialize(self.results)),
-        }
-        self.s3_hook.load_string(
-            json.dumps(manifest, indent=2), key=location.key, bucket_name=location.bucket, replace=True
+            summary = parse_s3_uri(self.manifest_uri, "manifest_uri")
+        decision = self._chain_decision(ti)
+        if self.edits is None:
+            raise AirflowFailException(
+                f"Nothing was planned, so no manifest was written: task {self.listing_task_id!r} failed "
+                "before listing any edit; its log says why"
+            )
+        manifest = build_run_manifest(
+            self.edits,
+            materialize(self.results),
+            materialize(self.failures),
+            listing=ti.xcom_pull(task_ids=self.listing_task_id, key="counts")
+            if self.listing_task_id
+            else None,
+            next_run_id=(decision or {}).get("next_run_id"),
         )
-        self.log.info("Wrote %s: %s", self.manifest_uri, manifest["counts"])
-        return manifest["counts"]
+        manifest = {
+            "dag_id": ti.dag_id,
+            "run_id": ti.run_id,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **manifest,
+        }
+        run_uri = write_manifests(self.s3_hook, summary, manifest)
+        counts = manifest["counts"]
+        self.log.info("Wrote %s and the summary %s: %s", run_uri, self.manifest_uri, counts)
+        if counts["failed"] and self.fail_on_failed_edits:
+            first = manifest["failures"][0]
+            raise AirflowFailException(
+                f"{counts['failed']} of {counts['planned']} edits failed (see {run_uri}). "
+                f"First: {first['source']}: {first['error']}: {first['reason']}"
+            )
+        if self.next_chunk_task_id and decision is None:
+            raise AirflowFailException(
+                f"Task {self.next_chunk_task_id!r} failed before deciding whether to trigger the next "
+                "chunk, so the work may have stopped early; its log says why"
+            )
+        return counts
+
+    def _chain_decision(self, ti: Any) -> dict[str, Any] | None:
+        """What the next-chunk task decided; None if it failed before deciding (or there is none)."""
+        if not self.next_chunk_task_id:
+            return None
+        return ti.xcom_pull(task_ids=self.next_chunk_task_id, key=DECISION_KEY)

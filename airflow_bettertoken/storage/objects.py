@@ -20,6 +20,9 @@ __all__ = ["ImageStore", "UploadFailed", "upload_policy"]
 
 log = logging.getLogger(__name__)
 
+# Written and deleted again by check_writable.
+_PROBE_NAME = ".bettertoken-preflight"
+
 
 def upload_policy(deadline: float) -> RetryPolicy:
     """Retries of an S3 write: bounded by ``deadline`` seconds rather than by a count."""
@@ -48,6 +51,31 @@ class ImageStore:
 
     def bucket_exists(self, bucket: str) -> bool:
         return self.s3_hook.check_for_bucket(bucket)
+
+    def list_keys(self, prefix: S3Location) -> list[str]:
+        """Every key under the prefix, through paginated LISTs: no request per object."""
+        return self.s3_hook.list_keys(bucket_name=prefix.bucket, prefix=prefix.key) or []
+
+    def check_writable(self, prefix: S3Location) -> None:
+        """Write and delete a probe object under the prefix, so that a wrong bucket fails before paying.
+
+        :raises BetterTokenInputError: naming the bucket, the connection and what to fix.
+        """
+        conn = self.s3_hook.aws_conn_id
+        if not self.bucket_exists(prefix.bucket):
+            raise BetterTokenInputError(
+                f"the destination bucket {prefix.bucket!r} does not exist, or connection {conn!r} cannot "
+                "see it; create the bucket or fix the dest prefix"
+            )
+        probe = prefix.key + _PROBE_NAME
+        try:
+            self.s3_hook.load_bytes(b"", key=probe, bucket_name=prefix.bucket, replace=True)
+            self.s3_hook.delete_objects(prefix.bucket, [probe])
+        except (ClientError, BotoCoreError) as err:
+            raise BetterTokenInputError(
+                f"cannot write to {prefix.uri} with connection {conn!r} ({err}); "
+                "it needs s3:PutObject and s3:DeleteObject there"
+            ) from err
 
     def read_source(self, location: S3Location) -> tuple[str, bytes]:
         """A reference image as ``(filename, bytes)``, checked to be a PNG, JPEG or WEBP of at most 50 MB."""

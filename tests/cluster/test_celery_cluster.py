@@ -42,9 +42,21 @@ def require_services() -> None:
         pytest.skip(reason)
 
 
+def announce(request: pytest.FixtureRequest, line: str) -> None:
+    """A line on the terminal now, past pytest's capture: the cluster test runs for minutes."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\ncluster: {line}", flush=True)
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(request):
     require_services()
+    announce(
+        request,
+        "starting PostgreSQL-backed Airflow (api-server, scheduler, dag-processor, 2 Celery workers), "
+        "the emulator and moto; 3 runs follow, about 4 minutes",
+    )
     logs = Path(tempfile.mkdtemp(prefix="bettertoken-cluster-"))
     cluster = Cluster(logs)
     cluster.failed = False
@@ -104,60 +116,81 @@ def outputs(s3, prefix: str) -> dict[str, bytes]:
     return {key: s3.get_object(Bucket=BUCKET_OUT, Key=key)["Body"].read() for key in keys}
 
 
-def manifest(found: dict[str, bytes], prefix: str) -> dict:
-    return json.loads(found.pop(f"{prefix}_manifest.json"))
+def run_manifest(found: dict[str, bytes], prefix: str, run_id: str) -> dict:
+    """The run's own manifest; the summary and every run's manifest are taken out of ``found``."""
+    runs = {key: found.pop(key) for key in [k for k in found if k.startswith(f"{prefix}_manifests/")]}
+    found.pop(f"{prefix}_manifest.json")
+    return json.loads(runs[f"{prefix}_manifests/{run_id}.json"])
 
 
-def conf(source: str, dest: str) -> dict:
-    return {"source_prefix": source, "dest_prefix": dest, "size": "1024x1024"}
+def conf(source: str, dest: str, **more) -> dict:
+    return {"source_prefix": source, "dest_prefix": dest, "size": "1024x1024", **more}
 
 
-def test_run_1_backfill_over_100_images_uses_both_workers(cluster, cluster_report):
+CHUNK = 120
+CHAIN = ["run-1", "run-1__chunk2", "run-1__chunk3"]
+CHAIN_LATENCY = 0.5  # the edits of this run answer faster, to keep the test in its time budget
+
+
+def test_run_1_a_300_image_backfill_in_chained_chunks_uses_both_workers(cluster, cluster_report):
     with failure_names_logs(cluster):
         s3 = s3_client(cluster)
-        stems = seed(s3, "set/", 100)
-        emulator(cluster).reset()
+        stems = seed(s3, "set/", 300)
+        control = emulator(cluster)
+        control.reset()
+        control.configure(latency=CHAIN_LATENCY)
         started = time.monotonic()
-        cluster.trigger(DAG_ID, "run-1", conf("set/", "set-edited/"))
-        state = cluster.wait_for_run(DAG_ID, "run-1", timeout=300)
+        cluster.trigger(
+            DAG_ID, CHAIN[0], conf("set/", "set-edited/", max_edits_per_run=CHUNK, until_done=True)
+        )
+        states = [cluster.wait_for_run(DAG_ID, run_id, timeout=300) for run_id in CHAIN]
         wall = time.monotonic() - started
 
-        assert state == "success"
-        stats = emulator(cluster).stats()
-        assert (stats["posts"], stats["paid"]) == (100, 100)
+        assert states == ["success"] * 3
+        stats = control.stats()
+        assert (stats["posts"], stats["paid"]) == (300, 300)
+        runs = cluster.query("SELECT run_id FROM dag_run WHERE dag_id = %s AND run_id LIKE 'run-1%%'", DAG_ID)
+        assert sorted(run_id for (run_id,) in runs) == sorted(CHAIN)  # and no fourth
         found = outputs(s3, "set-edited/")
-        assert manifest(found, "set-edited/")["counts"] == {
-            "planned": 100,
-            "done": 100,
-            "skipped": 0,
-            "failed": 0,
-        }
+        manifests = [run_manifest(dict(found), "set-edited/", run_id) for run_id in CHAIN]
+        assert [m["counts"]["done"] for m in manifests] == [120, 120, 60]
+        assert [m["remaining"] for m in manifests] == [180, 60, 0]
+        assert [m["next_run_id"] for m in manifests] == [*CHAIN[1:], None]
+        summary = json.loads(found["set-edited/_manifest.json"])
+        assert (summary["runs"], summary["images_done"]) == (3, 300)
+        run_manifest(found, "set-edited/", CHAIN[0])  # takes the manifests out: the images are left
         assert sorted(found) == sorted(f"set-edited/{stem.removeprefix('set/')}.png" for stem in stems)
         assert all(verify_png(png).width == 1024 for png in found.values())
-        hosts = {host for _, _, host, _ in cluster.task_instances(DAG_ID, "run-1", "edit_image")}
+        hosts = {
+            host for run_id in CHAIN for _, _, host, _ in cluster.task_instances(DAG_ID, run_id, "edit_image")
+        }
         assert hosts == {"worker1", "worker2"}
-        ideal = 100 * EMULATOR_LATENCY / SLOTS
+        ideal = 300 * CHAIN_LATENCY / SLOTS
         cluster_report(
-            f"run 1: 100 images, {stats['paid']} paid POSTs, {wall:.0f} s wall against an ideal {ideal:.0f} s"
+            f"run 1: 300 images with max_edits_per_run={CHUNK} and until_done: {len(CHAIN)} chained runs "
+            f"({', '.join(CHAIN)}), {stats['paid']} paid POSTs, "
+            f"{wall:.0f} s wall against an ideal {ideal:.0f} s"
         )
+        control.configure(latency=EMULATOR_LATENCY)
 
 
-def test_run_2_rerun_pays_for_nothing(cluster, cluster_report):
+def test_run_2_rerun_pays_for_nothing_and_runs_no_edit_task(cluster, cluster_report):
     with failure_names_logs(cluster):
         s3 = s3_client(cluster)
         emulator(cluster).reset()
-        cluster.trigger(DAG_ID, "run-2", conf("set/", "set-edited/"))
+        cluster.trigger(
+            DAG_ID, "run-2", conf("set/", "set-edited/", max_edits_per_run=CHUNK, until_done=True)
+        )
         assert cluster.wait_for_run(DAG_ID, "run-2", timeout=300) == "success"
 
         assert emulator(cluster).stats()["posts"] == 0
-        found = outputs(s3, "set-edited/")
-        assert manifest(found, "set-edited/")["counts"] == {
-            "planned": 100,
-            "done": 0,
-            "skipped": 100,
-            "failed": 0,
-        }
-        cluster_report("run 2: rerun of the same 100 images, 0 POSTs, every task skipped")
+        edit_tasks = cluster.task_instances(DAG_ID, "run-2", "edit_image")
+        # A mapped task over an empty list leaves one unexpanded row, skipped: no edit task ran.
+        assert [(map_index, state) for map_index, state, _, _ in edit_tasks] == [(-1, "skipped")]
+        manifest = run_manifest(outputs(s3, "set-edited/"), "set-edited/", "run-2")
+        assert manifest["counts"] == {"planned": 0, "done": 0, "skipped": 0, "failed": 0}
+        assert (manifest["listing"]["done"], manifest["remaining"], manifest["next_run_id"]) == (300, 0, None)
+        cluster_report("run 2: rerun of the same 300 images: 0 POSTs, 0 edit tasks run, no chained run")
 
 
 def test_run_3_a_worker_killed_mid_run(cluster, cluster_report):
@@ -187,7 +220,7 @@ def test_run_3_a_worker_killed_mid_run(cluster, cluster_report):
         assert killed, "worker 1 never had an edit in flight"
         assert state == "success"
         found = outputs(s3, "kill-edited/")
-        assert manifest(found, "kill-edited/")["counts"]["failed"] == 0
+        assert run_manifest(found, "kill-edited/", "run-3")["counts"]["failed"] == 0
         assert sorted(found) == sorted(f"kill-edited/{stem.removeprefix('kill/')}.png" for stem in stems)
         assert all(verify_png(png).width == 1024 for png in found.values())  # none partial or corrupt
         stats = control.stats()

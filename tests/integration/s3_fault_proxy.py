@@ -1,4 +1,4 @@
-"""An HTTP proxy in front of moto's S3 server that fails object uploads on demand.
+"""An HTTP proxy in front of moto's S3 server that fails object uploads on demand, and counts requests.
 
 It is a real server on loopback: boto3 talks to it as to any S3 endpoint.
 """
@@ -30,6 +30,8 @@ class S3FaultProxy:
         self.fail_puts = 0
         self.fail_with_access_denied = False
         self.failed_puts = 0
+        #: Every request that came through, as (method, path with query), in order.
+        self.requests: list[tuple[str, str]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +41,7 @@ class S3FaultProxy:
                 pass
 
             def _forward(self) -> None:
+                proxy.requests.append((self.command, self.path))
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 is_object_put = self.command == "PUT" and "/" in self.path.lstrip("/").split("?")[0]
                 if is_object_put and proxy.fail_puts != 0:

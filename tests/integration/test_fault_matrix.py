@@ -8,7 +8,6 @@ The session ends with a summary line (see ``pytest_terminal_summary`` in conftes
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +27,6 @@ from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperato
 from airflow_bettertoken.protocol.png import verify_png
 from airflow_bettertoken.testing.samples import sample_image
 from tests.broken_pngs import png_claiming, with_bad_crc
-from tests.integration.s3_fault_proxy import S3FaultProxy
 from tests.virtual_time import VirtualTime
 
 PNG = sample_image(160, 120)
@@ -189,17 +187,6 @@ def test_fault_matrix(case, s3, buckets, emulator, connection, task_context, che
     outcome, text = run_task(_resolve(op_kwargs, buckets), task_context)
 
     check_case(case.id, outcome, case.outcome, case.paid, case.objects, case.posts, text)
-
-
-@pytest.fixture
-def faulty_s3(sandbox, monkeypatch):
-    """An AWS connection ``aws_faulty`` whose uploads go through a proxy that can fail them."""
-    proxy = S3FaultProxy(sandbox.s3_endpoint).start()
-    # boto3's own retries are off, so that what is tested is the operator's upload loop.
-    conn = sandbox.aws_connection(proxy.endpoint, config_kwargs={"retries": {"total_max_attempts": 1}})
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_FAULTY", json.dumps(conn))
-    yield proxy
-    proxy.stop()
 
 
 @pytest.fixture

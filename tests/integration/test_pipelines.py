@@ -13,6 +13,17 @@ from tests.airflow_versions import load_dag
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
+def read_json(s3, bucket: str, key: str) -> dict:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def run_manifests(s3, bucket: str, folder: str) -> dict[str, dict]:
+    """Every run's manifest under ``folder``, by run id."""
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{folder}_manifests/").get("Contents", [])
+    manifests = [read_json(s3, bucket, item["Key"]) for item in listed]
+    return {manifest["run_id"]: manifest for manifest in manifests}
+
+
 def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, buckets, emulator):
     names = [
         f"shelf-{shelf}/item-{item:02}.{'png' if item % 2 else 'jpg'}" for shelf in "ab" for item in range(10)
@@ -30,12 +41,12 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
 
     assert run.state == "success"
     assert emulator.stats()["paid"] == 18
-    manifest = json.loads(
-        s3.get_object(Bucket=buckets.out, Key="catalog-edited/_manifest.json")["Body"].read()
-    )
-    assert (manifest["dag_id"], manifest["run_id"]) == ("bettertoken_backfill", run.run_id)
-    assert manifest["counts"] == {"planned": 20, "done": 18, "skipped": 2, "failed": 0}
-    assert manifest["failed_sources"] == []
+    manifest = run_manifests(s3, buckets.out, "catalog-edited/")[run.run_id]
+    assert manifest["dag_id"] == "bettertoken_backfill"
+    # The listing planned only the 18 images without an output: the 2 done ones cost no task at all.
+    assert manifest["counts"] == {"planned": 18, "done": 18, "skipped": 0, "failed": 0}
+    assert manifest["listing"] == {"images": 20, "done": 2, "pending": 18, "planned": 18, "remaining": 0}
+    assert (manifest["remaining"], manifest["next_run_id"], manifest["failures"]) == (0, None, [])
     assert len(manifest["size_mismatches"]) == 18  # the emulator returns 1536x1008 for 1536x1024
     assert manifest["size_mismatches"][0] == {
         "output_uri": f"s3://{buckets.out}/catalog-edited/shelf-a/item-01.png",
@@ -50,11 +61,10 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
     }
     outputs = {o["output_uri"]: o for o in manifest["outputs"]}
     assert sorted(outputs) == sorted(
-        f"s3://{buckets.out}/catalog-edited/{n.rsplit('.', 1)[0]}.png" for n in names
+        f"s3://{buckets.out}/catalog-edited/{n.rsplit('.', 1)[0]}.png"
+        for n in names
+        if n.rsplit(".", 1)[0] not in done
     )
-    for stem in done:
-        kept = outputs[f"s3://{buckets.out}/catalog-edited/{stem}.png"]
-        assert (kept["skipped"], kept["width"], kept["height"]) == (True, 50, 40)
     fresh = outputs[f"s3://{buckets.out}/catalog-edited/shelf-b/item-09.png"]
     assert (fresh["skipped"], fresh["width"], fresh["height"], fresh["requested_size"]) == (
         False,
@@ -66,8 +76,20 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
 
     rerun = dag.test(run_conf=conf)
     assert rerun.state == "success"
-    assert emulator.stats()["paid"] == 18  # a rerun pays for nothing
-    assert all(r["skipped"] for r in return_values(dag.dag_id, rerun.run_id, "edit_image"))
+    assert emulator.stats()["paid"] == 18  # a rerun pays for nothing...
+    assert return_values(dag.dag_id, rerun.run_id, "edit_image") == []  # ...and runs no edit task
+    states = {ti.task_id: ti.state for ti in rerun.get_task_instances()}
+    assert states["edit_image"] == "skipped"
+
+    # The skip-only rerun kept the first run's record, and the summary counts both runs.
+    manifests = run_manifests(s3, buckets.out, "catalog-edited/")
+    assert manifests[run.run_id]["counts"] == manifest["counts"]
+    assert manifests[rerun.run_id]["counts"] == {"planned": 0, "done": 0, "skipped": 0, "failed": 0}
+    summary = read_json(s3, buckets.out, "catalog-edited/_manifest.json")
+    assert (summary["runs"], summary["images_done"], summary["api_attempts"]) == (2, 18, 18)
+    assert summary["usage"]["total_tokens"] == 18 * 1150
+    assert summary["latest_run"]["run_id"] == rerun.run_id
+    assert summary["last_failures"] == []
 
 
 def test_enrichment_reports_one_asset_event_per_output(s3, buckets, emulator):
@@ -102,9 +124,9 @@ def test_enrichment_reports_one_asset_event_per_output(s3, buckets, emulator):
     assert consumer.test().state == "success"
 
 
-def test_a_run_over_max_map_length_says_how_to_split_it(s3, buckets, emulator, monkeypatch, task_context):
-    from airflow.providers.common.compat.sdk import AirflowFailException
-
+def test_a_listing_over_max_map_length_plans_a_chunk_and_counts_the_rest(
+    s3, buckets, emulator, monkeypatch, task_context
+):
     from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 
     for index in range(4):
@@ -113,7 +135,12 @@ def test_a_run_over_max_map_length_says_how_to_split_it(s3, buckets, emulator, m
     op = BetterTokenListImagesOperator(
         task_id="list", source_prefix=f"s3://{buckets.src}/set/", dest_prefix=f"s3://{buckets.out}/set/"
     )
-    with pytest.raises(
-        AirflowFailException, match=r"4 images .* exceed \[core\] max_map_length=3\. Run them in chunks"
-    ):
-        op.execute(task_context)
+    edits = op.execute(task_context)
+    assert [e["source"] for e in edits] == [f"s3://{buckets.src}/set/{index}.png" for index in range(3)]
+    assert task_context["ti"].xcoms["counts"] == {
+        "images": 4,
+        "done": 0,
+        "pending": 4,
+        "planned": 3,
+        "remaining": 1,
+    }

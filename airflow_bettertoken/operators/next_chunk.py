@@ -1,0 +1,104 @@
+"""Edit a large image set in chunks: after a run that made progress, trigger the next while work remains."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowSkipException
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
+from airflow_bettertoken.operators._xcom import materialize, task_id_of
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+
+__all__ = ["BetterTokenNextChunkOperator", "next_chunk_run_id"]
+
+_CHUNK_SUFFIX = re.compile(r"__chunk(\d+)$")
+#: The XCom key of the decision: ``{"next_run_id": ..., "reason": ...}``.
+DECISION_KEY = "next_chunk"
+
+
+def next_chunk_run_id(run_id: str) -> str:
+    """``manual__X`` is followed by ``manual__X__chunk2``, then ``manual__X__chunk3``, and so on."""
+    match = _CHUNK_SUFFIX.search(run_id)
+    if match is None:
+        return f"{run_id}__chunk2"
+    return f"{run_id[: match.start()]}__chunk{int(match.group(1)) + 1}"
+
+
+def _is_on(value: Any) -> bool:
+    """A flag that may arrive rendered from a template, as the text ``"True"``."""
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
+
+
+class BetterTokenNextChunkOperator(TriggerDagRunOperator):
+    """Trigger the next run of this DAG, with the same conf, while planned-but-not-done images remain.
+
+    It triggers only when ``until_done`` is on, the listing left ``remaining > 0``, and this run
+    finished at least one edit: a run that made no progress (a permanent failure, say) never
+    triggers another, so it cannot loop and keep paying. Otherwise it is skipped. With
+    ``max_active_runs=1`` the runs follow each other. Its decision is pushed as XCom ``next_chunk``
+    (``{"next_run_id", "reason"}``) for the manifest.
+
+    :param edits: the listing's output: ``list_task.output``; its ``counts`` XCom says what remains.
+    :param results: the mapped edit's output: ``edit_task.output``. (templated)
+    :param until_done: whether to go on; may be a template such as ``"{{ params.until_done }}"``.
+    :param conf_updates: changes to the conf the next run gets, e.g. to pin a day. (templated)
+    """
+
+    # The inherited "Triggered DAG" link looks up an XCom that a skipped chain never writes, and logs an
+    # error each time; the manifest records the next run's id instead.
+    operator_extra_links = ()
+    template_fields: Sequence[str] = (
+        *TriggerDagRunOperator.template_fields,
+        "results",
+        "until_done",
+        "conf_updates",
+    )
+
+    def __init__(
+        self,
+        *,
+        edits: Any,
+        results: Any,
+        until_done: bool | str = False,
+        conf_updates: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(trigger_dag_id="{{ dag.dag_id }}", **kwargs)
+        self.listing_task_id = task_id_of(edits)
+        self.results = results
+        self.until_done = until_done
+        self.conf_updates = conf_updates or {}
+
+    def execute(self, context: Context) -> None:
+        ti = context["ti"]
+        counts = ti.xcom_pull(task_ids=self.listing_task_id, key="counts") or {}
+        finished = sum(1 for result in materialize(self.results) if result and not result["skipped"])
+        remaining = counts.get("remaining", 0)
+        if not _is_on(self.until_done):
+            reason = "until_done is off: this run is the only one"
+        elif not remaining:
+            reason = "no images remain: this was the last run"
+        elif not finished:
+            reason = (
+                f"{remaining} images remain, but this run finished no edit, so no next run is triggered "
+                "(it would meet the same failure); fix the cause and trigger again"
+            )
+        else:
+            reason = ""
+        run_id = None if reason else next_chunk_run_id(ti.run_id)
+        # The decision, for the manifest; a failure before this line leaves none, and the manifest says so.
+        ti.xcom_push(key=DECISION_KEY, value={"next_run_id": run_id, "reason": reason})
+        if reason:
+            raise AirflowSkipException(reason)
+        self.trigger_run_id = run_id
+        self.conf = {**(context["dag_run"].conf or {}), **self.conf_updates}
+        self.log.info(
+            "%d edits done in this run, %d images remain: triggering %s", finished, remaining, run_id
+        )
+        super().execute(context)

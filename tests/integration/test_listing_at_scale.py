@@ -1,0 +1,97 @@
+"""Planning a catalog-sized backfill on moto: only pending edits, in key order, from LISTs alone."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+
+SOURCES = 5000
+EXTENSIONS = (".jpg", ".JPG", ".png", ".Jpeg", ".WEBP")
+
+
+def source_key(n: int) -> str:
+    return f"catalog/dept-{n % 4}/aisle-{n % 9}/item-{n:05}{EXTENSIONS[n % len(EXTENSIONS)]}"
+
+
+def output_key(n: int) -> str:
+    return f"edited/dept-{n % 4}/aisle-{n % 9}/item-{n:05}.png"
+
+
+def is_done(n: int) -> bool:
+    return n % 10 < 3  # 1,500 of the 5,000
+
+
+@pytest.fixture
+def catalog(s3, buckets):
+    """5,000 sources in nested folders (and files that are not images), 1,500 of them edited already."""
+    puts = [(buckets.src, source_key(n)) for n in range(SOURCES)]
+    puts += [(buckets.src, f"catalog/dept-{n}/README.txt") for n in range(4)]
+    puts += [(buckets.out, output_key(n)) for n in range(SOURCES) if is_done(n)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda put: s3.put_object(Bucket=put[0], Key=put[1], Body=b"x"), puts))
+    return buckets
+
+
+def listing(buckets, **kwargs) -> BetterTokenListImagesOperator:
+    return BetterTokenListImagesOperator(
+        task_id="list",
+        source_prefix=f"s3://{buckets.src}/catalog/",
+        dest_prefix=f"s3://{buckets.out}/edited/",
+        aws_conn_id="aws_faulty",  # through the counting proxy
+        **kwargs,
+    )
+
+
+def test_the_listing_plans_the_first_pending_edits_in_key_order_from_lists_alone(
+    catalog, emulator, faulty_s3, task_context
+):
+    edits = listing(catalog, max_edits=1000).execute(task_context)
+
+    pending = sorted((source_key(n), n) for n in range(SOURCES) if not is_done(n))
+    assert [e["source"] for e in edits] == [f"s3://{catalog.src}/{key}" for key, _ in pending[:1000]]
+    assert [e["dest"] for e in edits] == [f"s3://{catalog.out}/{output_key(n)}" for _, n in pending[:1000]]
+    assert task_context["ti"].xcoms["counts"] == {
+        "images": 5000,
+        "done": 1500,
+        "pending": 3500,
+        "planned": 1000,
+        "remaining": 2500,
+    }
+    lists = [path for method, path in faulty_s3.requests if method == "GET" and "list-type=2" in path]
+    others = [request for request in faulty_s3.requests if request[1] not in lists]
+    assert len(lists) == 6 + 2  # 1,000 keys a page: 6 of the 5,004 sources (READMEs too), 2 of outputs
+    # The rest is the preflight's, a fixed three: the bucket, and a probe written and deleted.
+    assert [method for method, _ in others] == ["HEAD", "PUT", "POST"]
+    assert all(".bettertoken-preflight" in path or path.rstrip("/").count("/") == 1 for _, path in others)
+    assert emulator.stats()["posts"] == 0
+
+
+def test_a_finished_catalog_plans_nothing(catalog, s3, emulator, faulty_s3, task_context):
+    with ThreadPoolExecutor(8) as pool:
+        missing = [n for n in range(SOURCES) if not is_done(n)]
+        list(pool.map(lambda n: s3.put_object(Bucket=catalog.out, Key=output_key(n), Body=b"x"), missing))
+
+    assert listing(catalog).execute(task_context) == []
+    assert task_context["ti"].xcoms["counts"] == {
+        "images": 5000,
+        "done": 5000,
+        "pending": 0,
+        "planned": 0,
+        "remaining": 0,
+    }
+
+
+def test_two_sources_for_one_output_are_refused_across_the_whole_listing(s3, buckets, emulator, task_context):
+    s3.put_object(Bucket=buckets.src, Key="catalog/a/x.jpg", Body=b"x")
+    s3.put_object(Bucket=buckets.src, Key="catalog/a/x.png", Body=b"x")
+    s3.put_object(Bucket=buckets.out, Key="edited/a/x.png", Body=b"x")  # done: still a clash
+    op = BetterTokenListImagesOperator(
+        task_id="list",
+        source_prefix=f"s3://{buckets.src}/catalog/",
+        dest_prefix=f"s3://{buckets.out}/edited/",
+    )
+    with pytest.raises(Exception, match=r"a/x\.jpg and .*a/x\.png would both be written"):
+        op.execute(task_context)
