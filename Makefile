@@ -38,3 +38,4 @@ clean:
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/catalog.py
