@@ -46,6 +46,10 @@ def get_provider_info() -> dict:
                 "python-modules": ["airflow_bettertoken.operators.image_edit"],
             }
         ],
+        "extra-links": [
+            "airflow_bettertoken.operators._links.OutputImageLink",
+            "airflow_bettertoken.operators._links.SourceImagesLink",
+        ],
         "connection-types": [
             {
                 "hook-class-name": "airflow_bettertoken.hooks.bettertoken.BetterTokenHook",

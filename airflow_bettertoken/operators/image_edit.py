@@ -18,6 +18,7 @@ from airflow_bettertoken.exceptions import (
     fail_task_on_permanent_error,
 )
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+from airflow_bettertoken.operators._links import OutputImageLink, SourceImagesLink
 from airflow_bettertoken.protocol.result import EditResult, existing_output_xcom, sources_metadata
 from airflow_bettertoken.protocol.retry import RetryPolicy, Timing
 from airflow_bettertoken.protocol.wire import MODEL, check_image_count, check_prompt, check_size, fingerprint
@@ -33,6 +34,16 @@ __all__ = ["BetterTokenImageEditOperator"]
 
 IF_EXISTS = ("skip", "replace", "fail")
 ON_SIZE_MISMATCH = ("record", "warn", "fail")
+
+
+# Mapped edits are named after their source in the grid, not numbered 0, 1, 2...
+MAP_INDEX_TEMPLATE = "{{ task.image_label or task.source_name }}"
+
+
+def _default_map_index_template(kwargs: dict[str, Any]) -> None:
+    """Name the edit after its source unless the user set a template (None counts as unset)."""
+    if kwargs.get("map_index_template") is None:
+        kwargs["map_index_template"] = MAP_INDEX_TEMPLATE
 
 
 def _is_template(value: object) -> bool:
@@ -60,12 +71,15 @@ class BetterTokenImageEditOperator(BaseOperator):
         ``{"max_attempts": 2}``. Not to be confused with Airflow's ``retries`` of the whole task.
     :param spill_dir: where a paid image is kept if it cannot be uploaded; default a folder in the temp dir.
     :param upload_deadline: seconds to keep retrying a failed upload before spilling.
+    :param image_label: the edit's name in the grid and the gallery, e.g. the source's path under the listed
+        prefix (the listing sets it); default the first source's file name. (templated)
     :param bettertoken_conn_id: the BetterToken connection.
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("prompt", "source", "dest", "size")
+    template_fields: Sequence[str] = ("prompt", "source", "dest", "size", "image_label")
     ui_color = "#e8f0fe"
+    operator_extra_links = (OutputImageLink(), SourceImagesLink())
     #: Sleep and clocks of the API and upload retry loops; tests replace it to run in virtual time.
     timing = Timing()
 
@@ -81,11 +95,13 @@ class BetterTokenImageEditOperator(BaseOperator):
         api_retry: dict[str, Any] | None = None,
         spill_dir: str | None = None,
         upload_deadline: float = 120.0,
+        image_label: str | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
         retry: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        _default_map_index_template(kwargs)
         super().__init__(**kwargs)
         if retry is not None:
             warnings.warn(
@@ -104,6 +120,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         self.api_retry = api_retry
         self.spill_dir = spill_dir
         self.upload_deadline = upload_deadline
+        self.image_label = image_label
         self.bettertoken_conn_id = bettertoken_conn_id
         self.aws_conn_id = aws_conn_id
         # Whatever is known before templating fails the DAG at parse time.
@@ -116,6 +133,18 @@ class BetterTokenImageEditOperator(BaseOperator):
             check_prompt(prompt)
         if not _is_template(dest):
             parse_dest(dest)
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        # A mapped task takes its map_index_template from partial(), before __init__ ever runs.
+        _default_map_index_template(kwargs)
+        return super().partial(**kwargs)
+
+    @property
+    def source_name(self) -> str:
+        """The first source's file name, for the grid's map index."""
+        first = self.source if isinstance(self.source, str) else (self.source or [""])[0]
+        return str(first).rsplit("/", 1)[-1]
 
     @cached_property
     def hook(self) -> BetterTokenHook:
@@ -131,8 +160,11 @@ class BetterTokenImageEditOperator(BaseOperator):
                 xcom = self._edit(context)
             except Exception as err:
                 # Why this edit failed, for the run's manifest: a failed task has no return value.
-                context["ti"].xcom_push(key="failure", value=failure_record(self.source, self.dest, err))
+                failure = failure_record(self.source, self.dest, err)
+                context["ti"].xcom_push(key="failure", value={**failure, "aws_conn_id": self.aws_conn_id})
                 raise
+        # The gallery reads the images with the task's own connection.
+        xcom["aws_conn_id"] = self.aws_conn_id
         self._lineage = (xcom["source_uris"], xcom["output_uri"])
         if xcom["skipped"]:
             Stats.incr("bettertoken.output.skipped")

@@ -17,17 +17,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 def plan_edits(keys: Iterable[str], source: S3Location, dest: S3Location) -> list[dict[str, str]]:
     """Pair each image key under ``source`` with its output under ``dest``, keeping the relative path.
 
-    ``in/a/x.jpg`` becomes ``out/a/x.png``; the edits come in key order. Two sources that would share
-    an output (``a/x.jpg`` and ``a/x.png``) are refused, naming both.
+    ``in/a/x.jpg`` becomes ``out/a/x.png``, labelled ``a/x.jpg``; the edits come in key order. Two
+    sources that would share an output (``a/x.jpg`` and ``a/x.png``) are refused, naming both.
     """
     edits: dict[str, dict[str, str]] = {}
     source_uri, dest_uri = f"s3://{source.bucket}/", f"s3://{dest.bucket}/"
     for key in sorted(keys):
         if not key.lower().endswith(IMAGE_SUFFIXES):
             continue
-        output_key = dest.key + posixpath.splitext(key[len(source.key) :])[0] + ".png"
+        relative = key[len(source.key) :]
+        output_key = dest.key + posixpath.splitext(relative)[0] + ".png"
         check_output_key(output_key)
-        edit = {"source": source_uri + key, "dest": dest_uri + output_key}
+        edit = {"source": source_uri + key, "dest": dest_uri + output_key, "image_label": relative}
         if output_key in edits:
             raise BetterTokenInputError(
                 f"{edits[output_key]['source']} and {edit['source']} would both be written "

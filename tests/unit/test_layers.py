@@ -21,6 +21,7 @@ ALLOWED = {
     "hooks": ({"exceptions", "protocol", "hooks", "get_provider_info", "__init__"}, True),
     "storage": ({"exceptions", "protocol", "storage"}, True),
     "operators": ({"exceptions", "protocol", "hooks", "storage", "operators"}, True),
+    "plugins": ({"exceptions", "protocol", "hooks", "storage", "operators", "plugins"}, True),
 }
 
 
@@ -36,7 +37,7 @@ def _imports(path: Path) -> set[str]:
 
 def _layer_files() -> list[tuple[str, Path]]:
     files = [("exceptions", PACKAGE / "exceptions.py")]
-    for layer in ("protocol", "hooks", "storage", "operators"):
+    for layer in ("protocol", "hooks", "storage", "operators", "plugins"):
         files += [(layer, path) for path in sorted((PACKAGE / layer).glob("*.py"))]
     return files
 
@@ -54,7 +55,8 @@ def test_each_layer_imports_only_the_layers_below_it(layer, path):
 
 
 def test_the_runtime_loads_no_testing_tools():
-    """Importing the hook and operators and parsing the example DAGs loads no emulator or sandbox stack.
+    """Importing the hook, the operators and the plugin, and parsing the example DAGs, loads no testing
+    tool, and neither FastAPI nor Pillow: the gallery builds its app on its first request.
 
     Counted against what Airflow loads by itself to parse DAGs (Airflow 3.0's DagBag loads FastAPI).
     """
@@ -71,6 +73,7 @@ import airflow_bettertoken.hooks.bettertoken
 import airflow_bettertoken.operators.image_edit
 import airflow_bettertoken.operators.list_images
 import airflow_bettertoken.operators.manifest
+import airflow_bettertoken.plugins.gallery
 assert tests.airflow_versions.dagbag().import_errors == {}
 added = set(sys.modules) - before
 tools = ("fastapi", "uvicorn", "moto", "PIL", "starlette", "airflow_bettertoken.testing")

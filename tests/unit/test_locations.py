@@ -56,10 +56,10 @@ def test_plan_keeps_relative_paths_and_filters_images():
     keys = ["in/a/x.jpg", "in/a/b/x.webp", "in/notes.txt", "in/y.PNG", "in/z.jpeg"]
     edits = plan_edits(keys, S3Location("src", "in/"), S3Location("dst", "out/"))
     assert edits == [
-        {"source": "s3://src/in/a/b/x.webp", "dest": "s3://dst/out/a/b/x.png"},
-        {"source": "s3://src/in/a/x.jpg", "dest": "s3://dst/out/a/x.png"},
-        {"source": "s3://src/in/y.PNG", "dest": "s3://dst/out/y.png"},
-        {"source": "s3://src/in/z.jpeg", "dest": "s3://dst/out/z.png"},
+        {"source": "s3://src/in/a/b/x.webp", "dest": "s3://dst/out/a/b/x.png", "image_label": "a/b/x.webp"},
+        {"source": "s3://src/in/a/x.jpg", "dest": "s3://dst/out/a/x.png", "image_label": "a/x.jpg"},
+        {"source": "s3://src/in/y.PNG", "dest": "s3://dst/out/y.png", "image_label": "y.PNG"},
+        {"source": "s3://src/in/z.jpeg", "dest": "s3://dst/out/z.png", "image_label": "z.jpeg"},
     ]
 
 

@@ -1,0 +1,151 @@
+"""The gallery's FastAPI app, mounted by Airflow's API server under ``/bettertoken``.
+
+A plugin app is not behind Airflow's auth by itself: every route here declares Airflow's own access
+checks. The pages and images of a DAG need the right to read its task instances and its XCom. An
+image is named by DAG, run, task, map index and which image; only objects that the task instance
+recorded in its XCom are served, so no request can make the app read any other S3 object.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import urlencode
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+from airflow.models.dagrun import DagRun
+from botocore.exceptions import ClientError
+from fastapi import Depends, FastAPI, HTTPException, Path, Query
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+
+from airflow_bettertoken.plugins._html import CSS, render_page
+from airflow_bettertoken.plugins._images import ImageTooLarge, NotAnImage, ThumbnailCache, read_image
+from airflow_bettertoken.plugins._rows import PAGE_SIZE, WHICH, EditRow, edit_rows, find_row
+
+# Airflow's own rule for DAG and task ids: letters, digits, '_', '-' and '.'.
+ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,250}$"
+HEADERS = {
+    # No script at all, and nothing from elsewhere: the UI must work offline.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "private, no-store",
+    "Referrer-Policy": "same-origin",
+}
+READ_EDITS = [
+    Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE)),
+    Depends(requires_access_dag("GET", DagAccessEntity.XCOM)),
+]
+
+
+class _SecurityHeaders:
+    """ASGI middleware: the same headers on every answer, errors included."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [
+                    (k.lower().encode(), v.encode())
+                    for k, v in HEADERS.items()
+                    if k.lower().encode() not in names
+                ]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _authenticated(user: GetUserDep) -> None:
+    """Any signed-in user: the stylesheet holds nothing private, but no route is left open."""
+
+
+def _id_path() -> Any:
+    return Path(pattern=ID_PATTERN)
+
+
+def _check_run(session: Any, dag_id: str, run_id: str) -> None:
+    found = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    if found is None:
+        raise HTTPException(404, "no such DAG run")
+
+
+def create_gallery_app() -> FastAPI:
+    app = FastAPI(title="BetterToken gallery", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_SecurityHeaders)
+    thumbnails = ThumbnailCache()
+
+    @app.get("/static/gallery.css", dependencies=[Depends(_authenticated)])
+    def stylesheet() -> Response:
+        return Response(CSS, media_type="text/css")
+
+    @app.get("/dags/{dag_id}/run", dependencies=READ_EDITS, response_class=HTMLResponse)
+    def run_page(
+        session: SessionDep,
+        dag_id: str = _id_path(),
+        run_id: str = Query(min_length=1, max_length=250),
+        task_id: str | None = Query(None, pattern=ID_PATTERN),
+        map_index: int | None = Query(None, ge=-1),
+        page: int = Query(1, ge=1, le=100_000),
+    ) -> HTMLResponse:
+        _check_run(session, dag_id, run_id)
+        total, rows = edit_rows(session, dag_id, run_id, task_id=task_id, map_index=map_index, page=page)
+
+        def image_url(row: EditRow, which: str, size: str) -> str:
+            query = {"run_id": run_id, "task_id": row.task_id, "map_index": row.map_index, "which": which}
+            return f"image?{urlencode({**query, 'size': size})}"
+
+        def page_url(number: int) -> str:
+            query = {"run_id": run_id, "page": number}
+            if task_id is not None:
+                query.update(task_id=task_id, map_index=map_index if map_index is not None else -1)
+            return f"run?{urlencode(query)}"  # relative URLs: the API server may sit under a base path
+
+        html = render_page(
+            dag_id=dag_id,
+            run_id=run_id,
+            rows=rows,
+            total=total,
+            page=page,
+            pages=max(1, math.ceil(total / PAGE_SIZE)),
+            image_url=image_url,
+            page_url=page_url,
+            css_url="../../static/gallery.css",
+        )
+        return HTMLResponse(html)
+
+    @app.get("/dags/{dag_id}/image", dependencies=READ_EDITS)
+    def image(
+        session: SessionDep,
+        dag_id: str = _id_path(),
+        run_id: str = Query(min_length=1, max_length=250),
+        task_id: str = Query(pattern=ID_PATTERN),
+        map_index: int = Query(ge=-1),
+        which: str = Query(pattern=WHICH.pattern),
+        size: str = Query("thumb", pattern="^(thumb|full)$"),
+    ) -> Response:
+        row = find_row(session, dag_id, run_id, task_id, map_index)
+        recorded = row.image(which) if row else None
+        if recorded is None:
+            raise HTTPException(404, "this task instance recorded no such image")
+        aws_conn_id, location = recorded
+        try:
+            data, content_type = read_image(aws_conn_id, location)
+            if size == "full":
+                return Response(data, media_type=content_type)
+            return Response(thumbnails.thumbnail(data), media_type="image/jpeg")
+        except ImageTooLarge as err:
+            raise HTTPException(413, f"the image is too large to show: {err}") from err
+        except NotAnImage as err:
+            raise HTTPException(415, str(err)) from err
+        except ClientError as err:
+            raise HTTPException(404, "the recorded image is no longer in S3") from err
+
+    return app

@@ -1,0 +1,149 @@
+"""The gallery page as HTML: one row per edit, its sources beside its output. No script, no CDN.
+
+The same renderer serves the live gallery and the static page that ``make demo`` writes; only the
+URLs of the images and of the pages differ, so they come in as functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from html import escape
+from typing import Any, Protocol
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 16px; color: #1d2433; background: #fff; }
+h1 { font-size: 18px; margin: 0 0 4px; } .meta { color: #5b6478; margin: 0 0 12px; }
+nav.pages { margin: 12px 0; } nav.pages a, nav.pages span { margin-right: 10px; }
+article.edit { border: 1px solid #dde2ec; border-radius: 8px; padding: 12px; margin: 0 0 12px; }
+article.edit header { display: flex; gap: 10px; align-items: baseline; margin-bottom: 8px; }
+article.edit h2 { font-size: 15px; margin: 0; word-break: break-all; }
+.status { border-radius: 10px; padding: 1px 8px; font-size: 12px; font-weight: 600; }
+.status-done { background: #dcf5e3; color: #136b2e; } .status-skipped { background: #e8ecf3; color: #3d4a63; }
+.status-failed { background: #fde2e1; color: #a11d16; } .status-other { background: #fff3cd; color: #7a5b00; }
+.body { display: flex; gap: 24px; align-items: flex-start; flex-wrap: wrap; }
+.images { display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
+figure { margin: 0; } figure .thumbs { display: flex; gap: 6px; flex-wrap: wrap; }
+figure img { max-width: 200px; max-height: 200px; border: 1px solid #dde2ec; border-radius: 4px; }
+figcaption { color: #5b6478; font-size: 12px; margin-top: 4px; } .arrow { font-size: 24px; color: #8a93a6; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: 0; flex: 1 1 320px; }
+dt { color: #5b6478; } dd { margin: 0; word-break: break-all; }
+.badge-mismatch { background: #ffe7c2; color: #8a4b00; border-radius: 4px; padding: 0 6px; font-weight: 600; }
+.reason { color: #a11d16; } .empty { color: #5b6478; }
+"""
+
+
+class Row(Protocol):
+    task_id: str
+    map_index: int
+    label: str
+    result: dict[str, Any] | None
+    failure: dict[str, Any] | None
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def source_uris(self) -> list[str]: ...
+
+
+ImageUrl = Callable[[Row, str, str], str]  # (row, "output" or "source-N", "thumb" or "full") -> URL
+
+
+def _thumb(row: Row, which: str, alt: str, image_url: ImageUrl) -> str:
+    return (
+        f'<a href="{escape(image_url(row, which, "full"))}" target="_blank" rel="noopener">'
+        f'<img src="{escape(image_url(row, which, "thumb"))}" alt="{escape(alt)}" loading="lazy"></a>'
+    )
+
+
+def _details(row: Row) -> str:
+    result, items = row.result or {}, []
+    if result:
+        real, requested = f"{result.get('width')}x{result.get('height')}", result.get("requested_size") or "?"
+        badge = (
+            f' <span class="badge-mismatch" title="asked for {escape(requested)}">size differs</span>'
+            if result.get("size_matches") is False
+            else ""
+        )
+        items += [
+            ("real size", f"{escape(real)}{badge}"),
+            ("requested", escape(requested)),
+            ("attempts, seconds", f"{result.get('attempts', 0)}, {result.get('elapsed_s', 0):.1f} s"),
+            (
+                "usage",
+                escape(", ".join(f"{k} {v}" for k, v in (result.get("usage") or {}).items()) or "none"),
+            ),
+            ("output", escape(str(result.get("output_uri")))),
+            ("sha256", escape(str(result.get("sha256") or "")[:12])),
+        ]
+    if row.failure:
+        reason = f"{row.failure.get('error')}: {row.failure.get('reason')}"
+        items.append(("failure", f'<span class="reason">{escape(reason)}</span>'))
+    return "<dl>" + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in items) + "</dl>"
+
+
+def _row(row: Row, image_url: ImageUrl, anchors: bool) -> str:
+    status = row.status if row.status in ("done", "skipped", "failed") else "other"
+    label = row.label or row.task_id
+    if row.result:
+        sources = "".join(
+            _thumb(row, f"source-{index}", f"source {index + 1} of {label}", image_url)
+            for index in range(len(row.source_uris))
+        )
+    else:  # a failed edit's source may be what failed (not an image at all): linked, not drawn
+        links = [
+            (image_url(row, f"source-{index}", "full"), uri.rsplit("/", 1)[-1])
+            for index, uri in enumerate(row.source_uris)
+        ]
+        sources = "<br>".join(f'<a href="{escape(url)}">{escape(name)}</a>' for url, name in links)
+    output = (
+        _thumb(row, "output", f"output of {label}", image_url)
+        if row.result
+        else '<span class="empty">no image</span>'
+    )
+    ids = (' id="sources"', ' id="output"') if anchors else ("", "")
+    return (
+        f'<article class="edit"><header><h2>{escape(label)}</h2>'
+        f'<span class="status status-{status}">{escape(row.status)}</span>'
+        f'<span class="meta">{escape(row.task_id)}[{row.map_index}]</span></header>'
+        f'<div class="body"><div class="images"><figure{ids[0]}><div class="thumbs">{sources}</div>'
+        f"<figcaption>source{'s' if len(row.source_uris) != 1 else ''}</figcaption></figure>"
+        f'<span class="arrow" aria-hidden="true">&rarr;</span>'
+        f'<figure{ids[1]}><div class="thumbs">{output}</div><figcaption>output</figcaption></figure></div>'
+        f"{_details(row)}</div></article>"
+    )
+
+
+def render_page(
+    *,
+    dag_id: str,
+    run_id: str,
+    rows: Sequence[Row],
+    total: int,
+    page: int,
+    pages: int,
+    image_url: ImageUrl,
+    page_url: Callable[[int], str],
+    css_url: str,
+) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no edits"
+    nav = ""
+    if pages > 1:
+        links = [f'<a href="{escape(page_url(page - 1))}">previous</a>'] if page > 1 else []
+        links.append(f"<span>page {page} of {pages}</span>")
+        if page < pages:
+            links.append(f'<a href="{escape(page_url(page + 1))}">next</a>')
+        nav = f'<nav class="pages">{"".join(links)}</nav>'
+    body = "".join(_row(row, image_url, anchors=len(rows) == 1) for row in rows)
+    body = body or '<p class="empty">This run has no edit tasks.</p>'
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>Edited images: {escape(dag_id)} {escape(run_id)}</title>"
+        f'<link rel="stylesheet" href="{escape(css_url)}"></head><body>'
+        f'<h1>Edited images</h1><p class="meta">{escape(dag_id)} &middot; {escape(run_id)} &middot; '
+        f"{total} edit task{'s' if total != 1 else ''}; this page: {escape(summary)}</p>"
+        f"{nav}{body}{nav}</body></html>"
+    )

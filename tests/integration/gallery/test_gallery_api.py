@@ -1,0 +1,154 @@
+"""The gallery's routes in a real API server: who may see what, and what can never be asked for."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.integration.gallery.conftest import BACKFILL, SCHEDULED
+from tests.integration.gallery.server import ApiServer
+
+
+def get(server: ApiServer, path: str, user: str | None = None, **params) -> requests.Response:
+    headers = {"Authorization": f"Bearer {server.token(user)}"} if user else {}
+    return requests.get(f"{server.url}/bettertoken{path}", params=params, headers=headers, timeout=60)
+
+
+def image_params(
+    runs, map_index: int, which: str = "output", size: str = "thumb", task_id: str = "edit_image"
+):
+    return {
+        "run_id": runs[BACKFILL],
+        "task_id": task_id,
+        "map_index": map_index,
+        "which": which,
+        "size": size,
+    }
+
+
+def test_anonymous_requests_are_refused_on_every_route(server, runs):
+    answers = [
+        get(server, f"/dags/{BACKFILL}/run", run_id=runs[BACKFILL]),
+        get(server, f"/dags/{BACKFILL}/image", **image_params(runs, 0)),
+        get(server, "/static/gallery.css"),
+    ]
+    assert [answer.status_code for answer in answers] == [401, 401, 401]
+
+
+def test_a_permitted_user_sees_the_run_with_sizes_statuses_and_safe_headers(server, runs):
+    page = get(server, f"/dags/{BACKFILL}/run", "viewer", run_id=runs[BACKFILL])
+
+    assert page.status_code == 200, page.text[-500:]
+    html = page.text
+    labels = re.findall(r"<h2>(.*?)</h2>", html)
+    assert labels == ["garden/tools/rake.png", "lamp.webp", "mug.jpg", "notes.png"]
+    assert html.count('class="badge-mismatch"') == 3  # 1000x1000 where 1024x1024 was asked for
+    assert html.count("status-done") == 3 and html.count("status-failed") == 1
+    assert "BetterTokenInputError" in html and "not PNG, JPEG or WEBP" in html
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Cache-Control"].startswith("private")
+    assert "http://" not in html.split("<body>", 1)[1].replace("s3://", "")  # no CDN, no absolute URL
+
+
+@pytest.mark.parametrize(
+    ("which", "size", "kind"),
+    [("output", "thumb", "JPEG"), ("output", "full", "PNG"), ("source-0", "full", None)],
+)
+def test_a_permitted_user_gets_the_real_images(server, runs, which, size, kind):
+    answer = get(server, f"/dags/{BACKFILL}/image", "viewer", **image_params(runs, 0, which, size))
+
+    assert answer.status_code == 200
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    with Image.open(io.BytesIO(answer.content)) as image:
+        assert kind is None or image.format == kind
+        assert max(image.size) <= (512 if size == "thumb" else 4096)
+        if which == "output" and size == "full":
+            assert image.size == (1000, 1000)
+
+
+def test_a_user_limited_to_another_dag_is_refused(server, runs):
+    assert get(server, f"/dags/{BACKFILL}/run", "alice", run_id=runs[BACKFILL]).status_code == 403
+    assert get(server, f"/dags/{BACKFILL}/image", "alice", **image_params(runs, 0)).status_code == 403
+    allowed = get(server, f"/dags/{SCHEDULED}/run", "alice", run_id=runs[SCHEDULED])
+    assert allowed.status_code == 200 and "<h2>cup.png</h2>" in allowed.text
+
+
+def test_a_task_that_made_no_image_is_not_found(server, runs):
+    failed = get(server, "/dags/bettertoken_backfill/run", "viewer", run_id=runs[BACKFILL]).text
+    assert "notes.png" in failed
+    # notes.png is map index 3 (key order: garden/..., lamp, mug, notes): it failed, so it has no output.
+    assert get(server, f"/dags/{BACKFILL}/image", "viewer", **image_params(runs, 3)).status_code == 404
+    assert (
+        get(
+            server, f"/dags/{BACKFILL}/image", "viewer", **image_params(runs, -1, task_id="list_images")
+        ).status_code
+        == 404
+    )
+    assert (
+        get(server, f"/dags/{BACKFILL}/image", "viewer", **image_params(runs, 0, "source-5")).status_code
+        == 404
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "statuses"),
+    [
+        ("/dags/..%2F..%2Fetc/run", {"run_id": "x"}, {403, 404, 422}),
+        ("/dags/bettertoken_backfill/run", {"run_id": "s3://gout/any/key.png"}, {404}),
+        (
+            "/dags/bettertoken_backfill/image",
+            {"task_id": "../../x", "map_index": 0, "which": "output"},
+            {422},
+        ),
+        (
+            "/dags/bettertoken_backfill/image",
+            {"task_id": "edit_image", "map_index": "0 OR 1=1", "which": "output"},
+            {422},
+        ),
+        (
+            "/dags/bettertoken_backfill/image",
+            {"task_id": "edit_image", "map_index": 0, "which": "s3://gout/x.png"},
+            {422},
+        ),
+        (
+            "/dags/bettertoken_backfill/image",
+            {"task_id": "edit_image", "map_index": 0, "which": "../../secret"},
+            {422},
+        ),
+        (
+            "/dags/bettertoken_backfill/image",
+            {"task_id": "edit_image", "map_index": 0, "which": "output", "size": "../x"},
+            {422},
+        ),
+        (
+            "/dags/bettertoken_backfill/image",
+            {"task_id": "edit_image", "map_index": 0, "which": "source-99"},
+            {422},
+        ),
+    ],
+    ids=[
+        "dag-id-traversal",
+        "uri-as-run-id",
+        "task-id-traversal",
+        "map-index-injection",
+        "uri-as-which",
+        "which-traversal",
+        "size-traversal",
+        "source-out-of-range",
+    ],
+)
+def test_traversal_and_uri_injection_are_refused(server, runs, path, params, statuses):
+    params = {"run_id": runs[BACKFILL], **params}
+    answer = requests.get(
+        f"{server.url}/bettertoken{path}",
+        params=params,
+        headers={"Authorization": f"Bearer {server.token('admin')}"},
+        timeout=60,
+    )
+    assert answer.status_code in statuses, answer.text[:300]
+    assert not answer.headers.get("content-type", "").startswith("image/")

@@ -1,0 +1,73 @@
+"""The gallery as a user sees it: log in to a real Airflow UI in headless Chromium, open a run's
+"Edited images" view, and check that every image loaded and the size badge shows."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+import pytest
+
+from tests.integration.gallery.browser import chromium, require_chromium
+from tests.integration.gallery.conftest import BACKFILL
+
+
+@pytest.fixture
+def browser():
+    require_chromium()
+    driver = chromium()
+    yield driver
+    driver.quit()
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "the page"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+    return value
+
+
+def log_in(browser, server, user: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server.url}/auth/login?next=%2F")
+    wait_for(lambda: browser.find_elements(By.NAME, "username"), what="the login form")
+    browser.find_element(By.NAME, "username").send_keys(user)
+    browser.find_element(By.NAME, "password").send_keys(server.passwords[user])
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(lambda: "/auth/login" not in browser.current_url, what="the login to finish")
+
+
+def test_the_edited_images_view_shows_every_image_and_the_size_badge(browser, server, runs, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, server, "viewer")
+    run_id = runs[BACKFILL]
+    browser.get(f"{server.url}/dags/{BACKFILL}/runs/{quote(run_id, safe='')}/plugin/bettertoken-run")
+
+    frame = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "iframe"), what="the view's frame")[0]
+    assert "/bettertoken/dags/bettertoken_backfill/run" in frame.get_attribute("src")
+    browser.switch_to.frame(frame)
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "article.edit"), what="the gallery rows")
+    images = browser.find_elements(By.CSS_SELECTOR, "article.edit img")
+    for image in images:  # lazy images load once scrolled to
+        browser.execute_script("arguments[0].scrollIntoView();", image)
+    loaded = wait_for(
+        lambda: all(browser.execute_script("return arguments[0].complete", i) for i in images) and images,
+        what="the images",
+    )
+    widths = [browser.execute_script("return arguments[0].naturalWidth", image) for image in loaded]
+    badges = [badge.is_displayed() for badge in browser.find_elements(By.CSS_SELECTOR, ".badge-mismatch")]
+    labels = [h2.text for h2 in browser.find_elements(By.CSS_SELECTOR, "article.edit h2")]
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.switch_to.default_content()
+    screenshot = tmp_path / "gallery.png"
+    browser.save_screenshot(str(screenshot))
+    print(f"\ngallery screenshot: {screenshot}")
+
+    assert len(widths) == 6  # 3 done edits: a source and an output each (the failed one links its source)
+    assert all(width > 0 for width in widths), widths
+    assert badges == [True, True, True]  # every output is 1000x1000 where 1024x1024 was asked for
+    assert labels == ["garden/tools/rake.png", "lamp.webp", "mug.jpg", "notes.png"]
