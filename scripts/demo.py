@@ -1,13 +1,15 @@
 """``make demo``: run the example DAG end to end against the local emulator and a local S3.
 
 With BETTERTOKEN_API_KEY set (and optionally BETTERTOKEN_BASE_URL), the edits go to the
-real service instead; S3 stays local. The outputs are copied to ./demo-output/.
+real service instead; S3 stays local. The sources and outputs are copied to ./demo-output/, with
+index.html showing them side by side: the gallery's view, as a page that opens from disk.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,7 @@ os.environ.update(
 )
 
 import pendulum  # noqa: E402
+from static_gallery import write_page  # noqa: E402
 
 from airflow_bettertoken.testing.samples import sample_image  # noqa: E402
 from airflow_bettertoken.testing.sandbox import LocalSandbox, return_values  # noqa: E402
@@ -69,14 +72,14 @@ def airflow(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "airflow", *args], check=True, capture_output=True)
 
 
-def run_dag(dag, **kwargs) -> list[dict]:
+def run_dag(dag, **kwargs) -> tuple[str, list[dict]]:
     run = dag.test(**kwargs)
     print(f"\nDAG {dag.dag_id}: run {run.state}\n")
     rows = return_values(dag.dag_id, run.run_id, "edit_image")
     print_table(rows)
     if run.state != "success":
         raise SystemExit(f"{dag.dag_id} did not succeed")
-    return rows
+    return run.run_id, rows
 
 
 def main() -> int:
@@ -97,10 +100,10 @@ def main() -> int:
         put_samples(s3, f"incoming/{day}/", SAMPLES)
         put_samples(s3, "catalog/", {name: (400, 300) for name in CATALOG})
         with sandbox.connections(base_url=base_url, api_key=api_key):
-            rows = run_dag(scheduled, logical_date=pendulum.parse(day))
+            daily_run, daily = run_dag(scheduled, logical_date=pendulum.parse(day))
             # The backfill runs twice: the second run finds every output and pays for nothing.
-            rows += run_dag(backfill)
-            rerun = run_dag(backfill)
+            catalog_run, catalog = run_dag(backfill)
+            _, rerun = run_dag(backfill)
         summary = json.loads(
             s3.get_object(Bucket=OUT_BUCKET, Key="catalog-edited/_manifest.json")["Body"].read()
         )
@@ -110,11 +113,32 @@ def main() -> int:
             f"{summary['images_done']} images done; the rerun planned {latest['counts']['planned']} edits "
             f"and paid for none"
         )
-        OUTPUT_DIR.mkdir(exist_ok=True)
-        for row in rows:
-            target = OUTPUT_DIR / row["key"].replace("/", "__")
-            target.write_bytes(s3.get_object(Bucket=row["bucket"], Key=row["key"])["Body"].read())
-        print(f"\nCopied {len(rows)} PNGs to {OUTPUT_DIR}/")
+        shutil.rmtree(OUTPUT_DIR, ignore_errors=True)
+        OUTPUT_DIR.mkdir()
+        pages = [
+            write_page(
+                s3,
+                OUTPUT_DIR,
+                "index.html",
+                backfill.dag_id,
+                catalog_run,
+                catalog,
+                f"s3://{IN_BUCKET}/catalog/",
+            ),
+            write_page(
+                s3,
+                OUTPUT_DIR,
+                "daily.html",
+                scheduled.dag_id,
+                daily_run,
+                daily,
+                f"s3://{IN_BUCKET}/incoming/{day}/",
+            ),
+        ]
+        print(
+            f"\nBefore and after, sources beside outputs: open {pages[0]} (and {pages[1].name}) in a browser"
+        )
+    rows = daily + catalog
     # The rerun plans nothing: every output exists, so no edit task runs and nothing is paid.
     return 0 if len(rows) == len(SAMPLES) + len(CATALOG) and rerun == [] else 1
 

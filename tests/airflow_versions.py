@@ -21,3 +21,10 @@ def dagbag(folder: Path = DAGS):
 
 def load_dag(dag_id: str):
     return dagbag().get_dag(dag_id)
+
+
+def has_external_views() -> bool:
+    """Plugins can add views to Airflow's UI pages from Airflow 3.1 on."""
+    from airflow.plugins_manager import AirflowPlugin
+
+    return hasattr(AirflowPlugin, "external_views")

@@ -69,6 +69,8 @@ class ThumbnailCache:
     def _make(self, data: bytes) -> bytes:
         try:
             image = Image.open(io.BytesIO(data))  # reads the header only
+        except Image.DecompressionBombError as err:  # Pillow's own, looser guard
+            raise ImageTooLarge(str(err)) from err
         except (UnidentifiedImageError, OSError) as err:
             raise NotAnImage("the object is not an image Pillow can read") from err
         with image:
