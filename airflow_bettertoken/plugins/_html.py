@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from html import escape
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_bettertoken.plugins._rows import EditRow
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 16px; color: #1d2433; background: #fff; }
@@ -32,31 +35,17 @@ dt { color: #5b6478; } dd { margin: 0; word-break: break-all; }
 """
 
 
-class Row(Protocol):
-    task_id: str
-    map_index: int
-    label: str
-    result: dict[str, Any] | None
-    failure: dict[str, Any] | None
-
-    @property
-    def status(self) -> str: ...
-
-    @property
-    def source_uris(self) -> list[str]: ...
+ImageUrl = Callable[["EditRow", str, str], str]  # (row, "output" or "source-N", "thumb" or "full") -> URL
 
 
-ImageUrl = Callable[[Row, str, str], str]  # (row, "output" or "source-N", "thumb" or "full") -> URL
-
-
-def _thumb(row: Row, which: str, alt: str, image_url: ImageUrl) -> str:
+def _thumb(row: EditRow, which: str, alt: str, image_url: ImageUrl) -> str:
     return (
         f'<a href="{escape(image_url(row, which, "full"))}" target="_blank" rel="noopener">'
         f'<img src="{escape(image_url(row, which, "thumb"))}" alt="{escape(alt)}" loading="lazy"></a>'
     )
 
 
-def _details(row: Row) -> str:
+def _details(row: EditRow) -> str:
     result, items = row.result or {}, []
     if result:
         real, requested = f"{result.get('width')}x{result.get('height')}", result.get("requested_size") or "?"
@@ -82,7 +71,7 @@ def _details(row: Row) -> str:
     return "<dl>" + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in items) + "</dl>"
 
 
-def _row(row: Row, image_url: ImageUrl, anchors: bool) -> str:
+def _row(row: EditRow, image_url: ImageUrl, anchors: bool) -> str:
     status = row.status if row.status in ("done", "skipped", "failed") else "other"
     label = row.label or row.task_id
     if row.result:
@@ -118,7 +107,7 @@ def render_page(
     *,
     dag_id: str,
     run_id: str,
-    rows: Sequence[Row],
+    rows: Sequence[EditRow],
     total: int,
     page: int,
     pages: int,
