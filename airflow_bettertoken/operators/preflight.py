@@ -36,7 +36,8 @@ def preflight(hook: BetterTokenHook, store: ImageStore, dest: S3Location) -> Non
     try:
         store.check_writable(dest)
     except BetterTokenInputError as err:
-        raise BetterTokenInputError(f"Preflight: {err}") from err
+        # The same error, said to come from the preflight; chaining it would print the text twice.
+        raise BetterTokenInputError(f"Preflight: {err}") from err.__cause__
 
 
 class BetterTokenPreflightOperator(BaseOperator):

@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,34 +21,14 @@ from pathlib import Path
 import psutil
 import psycopg2
 
+from tests.ports import free_port, wait_for_port
+
 ROOT = Path(__file__).resolve().parents[2]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS = ("127.0.0.1", 6379)
 REDIS_DB = 11  # a database of its own, emptied before the cluster starts
 EMULATOR_LATENCY = 2.0
 WORKER_CONCURRENCY = 4
-
-
-def reachable(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError:
-        return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, name: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not reachable("127.0.0.1", port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not start listening on {port}")
-        time.sleep(0.2)
 
 
 @dataclass

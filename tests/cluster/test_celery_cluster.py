@@ -22,7 +22,8 @@ import pytest
 from airflow_bettertoken.protocol.png import verify_png
 from airflow_bettertoken.testing.emulator.server import EmulatorControl
 from airflow_bettertoken.testing.samples import sample_image
-from tests.cluster.cluster import EMULATOR_LATENCY, PG, REDIS, WORKER_CONCURRENCY, Cluster, reachable
+from tests.cluster.cluster import EMULATOR_LATENCY, PG, REDIS, WORKER_CONCURRENCY, Cluster
+from tests.ports import reachable
 
 DAG_ID = "bettertoken_backfill"
 BUCKET_IN, BUCKET_OUT = "bettertoken-in", "bettertoken-out"  # the DAG's defaults

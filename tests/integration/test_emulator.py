@@ -86,7 +86,7 @@ def test_the_emulator_logs_one_line_per_request_and_never_the_key(tmp_path):
     import subprocess
     import sys
 
-    from tests.cluster.cluster import free_port, wait_for_port
+    from tests.ports import free_port, wait_for_port
 
     port, key = free_port(), "sk-emulator-log-test-0123456789"
     output = (tmp_path / "emulator.log").open("w")

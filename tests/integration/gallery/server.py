@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.cluster.cluster import free_port, wait_for_port
+from tests.ports import free_port, wait_for_port
 
 USERS = {"admin": "admin", "viewer": "viewer", "alice": "viewer"}
 
@@ -35,6 +35,8 @@ class ApiServer:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
             "AIRFLOW__API__BASE_URL": self.url,
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+            # Airflow 3.0 signs tokens with no issuer unless one is set, and PyJWT 2.10+ refuses that.
+            "AIRFLOW__API_AUTH__JWT_ISSUER": "airflow-bettertoken-tests",
             "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
         }
         self.log = (self.workdir / "api-server.log").open("w")
