@@ -16,7 +16,8 @@ if [[ "$minor" == "3.0" ]]; then
     pins+=("apache-airflow-providers-amazon==9.12.0" "apache-airflow-providers-common-compat==1.22.0")
 fi
 stamp="$venv/.installed"
-inputs=$(cat pyproject.toml "$constraints" 2>/dev/null | sha256sum | cut -c1-16)
+# A minor may need no pins, and so have no constraints file.
+inputs=$(cat pyproject.toml $([[ -f "$constraints" ]] && echo "$constraints") | sha256sum | cut -c1-16)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$inputs" ]]; then
     echo "== Airflow $version: creating $venv"
     rm -rf "$venv"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,9 +26,16 @@ def is_done(n: int) -> bool:
     return n % 10 < 3  # 1,500 of the 5,000
 
 
-@pytest.fixture
-def catalog(s3, buckets):
-    """5,000 sources in nested folders (and files that are not images), 1,500 of them edited already."""
+@pytest.fixture(scope="module")
+def catalog(s3):
+    """5,000 sources in nested folders (and files that are not images), 1,500 of them edited already.
+
+    Seeded once for the module: the tests below run in order, the last one finishing the catalog.
+    """
+    suffix = uuid.uuid4().hex[:10]
+    buckets = SimpleNamespace(src=f"scale-in-{suffix}", out=f"scale-out-{suffix}")
+    for bucket in (buckets.src, buckets.out):
+        s3.create_bucket(Bucket=bucket)
     puts = [(buckets.src, source_key(n)) for n in range(SOURCES)]
     puts += [(buckets.src, f"catalog/dept-{n}/README.txt") for n in range(4)]
     puts += [(buckets.out, output_key(n)) for n in range(SOURCES) if is_done(n)]

@@ -132,3 +132,21 @@ def test_a_text_file_named_png_fails_its_edit_and_the_run_after_the_manifest(s3,
     assert "is not PNG, JPEG or WEBP" in failure["reason"]
     assert read_json(s3, buckets.out, "catalog-edited/_manifest.json")["last_failures"] == [failure]
     assert "catalog-edited/good.png" in objects(s3, buckets.out)
+
+
+def test_the_preflight_operator_runs_the_same_checks_for_edits_planned_elsewhere(
+    buckets, emulator, sandbox, monkeypatch, task_context, s3
+):
+    from airflow_bettertoken.operators.preflight import BetterTokenPreflightOperator
+
+    def preflight(dest_prefix: str) -> BetterTokenPreflightOperator:
+        return BetterTokenPreflightOperator(task_id="preflight", dest_prefix=dest_prefix)
+
+    preflight(f"s3://{buckets.out}/edited/").execute(task_context)
+    assert objects(s3, buckets.out) == []  # the probe was written and deleted again
+    with pytest.raises(Exception, match="destination bucket 'missing-bucket-x' does not exist"):
+        preflight("s3://missing-bucket-x/edited/").execute(task_context)
+    define_default_connection(monkeypatch, sandbox, password="sk-wrong-key-0123456789")
+    with pytest.raises(Exception, match=r"answered 401.*password field"):
+        preflight(f"s3://{buckets.out}/edited/").execute(task_context)
+    assert emulator.stats()["posts"] == 0
