@@ -7,7 +7,7 @@ viewer's Airflow rights on every request instead.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from airflow.providers.common.compat.sdk import BaseOperatorLink, conf
 
@@ -18,10 +18,10 @@ GALLERY_PREFIX = "/bettertoken"
 def gallery_url(dag_id: str, run_id: str, task_id: str | None = None, map_index: int | None = None) -> str:
     """The gallery page of a run, or of one task instance of it, under the API server's base path."""
     base_path = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
-    query: dict[str, Any] = {"run_id": run_id}
-    if task_id is not None:
-        query.update(task_id=task_id, map_index=-1 if map_index is None else map_index)
-    return f"{base_path}{GALLERY_PREFIX}/dags/{dag_id}/run?{urlencode(query)}"
+    url = f"{base_path}{GALLERY_PREFIX}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
+    if task_id is None:
+        return url
+    return f"{url}?{urlencode({'task_id': task_id, 'map_index': -1 if map_index is None else map_index})}"
 
 
 class _GalleryLink(BaseOperatorLink):

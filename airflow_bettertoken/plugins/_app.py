@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
@@ -71,6 +71,9 @@ def _id_path() -> Any:
     return Path(pattern=ID_PATTERN)
 
 
+RUN_ID = Path(min_length=1, max_length=250)
+
+
 def _check_run(session: Any, dag_id: str, run_id: str) -> None:
     found = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
     if found is None:
@@ -86,11 +89,13 @@ def create_gallery_app() -> FastAPI:
     def stylesheet() -> Response:
         return Response(CSS, media_type="text/css")
 
-    @app.get("/dags/{dag_id}/run", dependencies=READ_EDITS, response_class=HTMLResponse)
+    # The run id is a path segment, not a query value: Airflow 3.1's UI fills {RUN_ID} in unencoded,
+    # and in a query the '+' of a run id would arrive as a space.
+    @app.get("/dags/{dag_id}/runs/{run_id}", dependencies=READ_EDITS, response_class=HTMLResponse)
     def run_page(
         session: SessionDep,
         dag_id: str = _id_path(),
-        run_id: str = Query(min_length=1, max_length=250),
+        run_id: str = RUN_ID,
         task_id: str | None = Query(None, pattern=ID_PATTERN),
         map_index: int | None = Query(None, ge=-1),
         page: int = Query(1, ge=1, le=100_000),
@@ -98,15 +103,18 @@ def create_gallery_app() -> FastAPI:
         _check_run(session, dag_id, run_id)
         total, rows = edit_rows(session, dag_id, run_id, task_id=task_id, map_index=map_index, page=page)
 
+        # Relative URLs: the API server may sit under a base path.
+        run_path = quote(run_id, safe="")
+
         def image_url(row: EditRow, which: str, size: str) -> str:
-            query = {"run_id": run_id, "task_id": row.task_id, "map_index": row.map_index, "which": which}
-            return f"image?{urlencode({**query, 'size': size})}"
+            query = {"task_id": row.task_id, "map_index": row.map_index, "which": which, "size": size}
+            return f"{run_path}/image?{urlencode(query)}"
 
         def page_url(number: int) -> str:
-            query = {"run_id": run_id, "page": number}
+            query: dict[str, Any] = {"page": number}
             if task_id is not None:
                 query.update(task_id=task_id, map_index=map_index if map_index is not None else -1)
-            return f"run?{urlencode(query)}"  # relative URLs: the API server may sit under a base path
+            return f"{run_path}?{urlencode(query)}"
 
         html = render_page(
             dag_id=dag_id,
@@ -117,15 +125,15 @@ def create_gallery_app() -> FastAPI:
             pages=max(1, math.ceil(total / PAGE_SIZE)),
             image_url=image_url,
             page_url=page_url,
-            css_url="../../static/gallery.css",
+            css_url="../../../static/gallery.css",
         )
         return HTMLResponse(html)
 
-    @app.get("/dags/{dag_id}/image", dependencies=READ_EDITS)
+    @app.get("/dags/{dag_id}/runs/{run_id}/image", dependencies=READ_EDITS)
     def image(
         session: SessionDep,
         dag_id: str = _id_path(),
-        run_id: str = Query(min_length=1, max_length=250),
+        run_id: str = RUN_ID,
         task_id: str = Query(pattern=ID_PATTERN),
         map_index: int = Query(ge=-1),
         which: str = Query(pattern=WHICH.pattern),

@@ -14,7 +14,7 @@ from airflow_bettertoken.operators._links import GALLERY_PREFIX
 
 __all__ = ["BetterTokenPlugin"]
 
-RUN_PAGE = GALLERY_PREFIX + "/dags/{DAG_ID}/run?run_id={RUN_ID}"
+RUN_PAGE = GALLERY_PREFIX + "/dags/{DAG_ID}/runs/{RUN_ID}"
 
 
 class _GalleryApp:
@@ -46,7 +46,7 @@ class BetterTokenPlugin(AirflowPlugin):
         },
         {
             "name": "Edited images",
-            "href": RUN_PAGE + "&task_id={TASK_ID}&map_index={MAP_INDEX}",
+            "href": RUN_PAGE + "?task_id={TASK_ID}&map_index={MAP_INDEX}",
             "destination": "task_instance",
             "url_route": "bettertoken-task",
         },

@@ -53,9 +53,13 @@ def test_the_edited_images_view_shows_every_image_and_the_size_badge(browser, se
     browser.get(f"{server.url}/dags/{BACKFILL}/runs/{quote(run_id, safe='')}/plugin/bettertoken-run")
 
     frame = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "iframe"), what="the view's frame")[0]
-    assert "/bettertoken/dags/bettertoken_backfill/run" in frame.get_attribute("src")
+    frame_src = frame.get_attribute("src")
+    assert "/bettertoken/dags/bettertoken_backfill/runs/" in frame_src
     browser.switch_to.frame(frame)
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "article.edit"), what="the gallery rows")
+    try:
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "article.edit"), what="the gallery rows")
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; the frame ({frame_src}) shows: {browser.page_source[:600]}") from err
     images = browser.find_elements(By.CSS_SELECTOR, "article.edit img")
     for image in images:  # lazy images load once scrolled to
         browser.execute_script("arguments[0].scrollIntoView();", image)

@@ -3,6 +3,8 @@ task's row in the gallery (not a presigned URL)."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import requests
 from sqlalchemy import select
 
@@ -54,10 +56,10 @@ def test_mapped_edits_are_named_after_their_source(runs):
 def test_both_extra_links_open_the_tasks_row_in_the_gallery(runs, server):
     links = stored_links(BACKFILL, runs[BACKFILL], 2)
     assert sorted(links) == ["_link_OutputImageLink", "_link_SourceImagesLink"]
-    assert links["_link_OutputImageLink"].endswith("&task_id=edit_image&map_index=2#output")
-    assert links["_link_SourceImagesLink"].endswith("&task_id=edit_image&map_index=2#sources")
+    assert links["_link_OutputImageLink"].endswith("?task_id=edit_image&map_index=2#output")
+    assert links["_link_SourceImagesLink"].endswith("?task_id=edit_image&map_index=2#sources")
     for link in links.values():
-        assert link.startswith(f"/bettertoken/dags/{BACKFILL}/run?run_id=")
+        assert link.startswith(f"/bettertoken/dags/{BACKFILL}/runs/{quote(runs[BACKFILL], safe='')}?")
         assert "X-Amz" not in link and "s3" not in link.split("?")[0]  # never a presigned URL
         page = requests.get(
             server.url + link.split("#")[0],
