@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Run the unit and integration tests on one Airflow version, in a venv of its own:
-#   scripts/test-airflow.sh 3.0.6
-# The venv is kept (.venv-airflow-VERSION) and rebuilt when pyproject.toml or the constraints change;
-# pip's cache makes a rebuild cheap.
+#   scripts/test-airflow.sh 3.0.6 [pytest arguments]
+# The venv is kept (.venv-airflow-VERSION) and rebuilt when pyproject.toml or the constraints change.
+# It is built with uv, installed from PyPI into the venv: 11 s where pip took about 150 s for the same
+# 206 packages, which keeps the three legs CI runs within its time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version="${1:?usage: scripts/test-airflow.sh AIRFLOW_VERSION}"
+version="${1:?usage: scripts/test-airflow.sh AIRFLOW_VERSION [pytest arguments]}"
 minor="${version%.*}"
 python="${PYTHON:-python3}"
 venv=".venv-airflow-${version}"
@@ -15,20 +16,19 @@ if [[ "$minor" == "3.0" ]]; then
     # The oldest minor also runs on the lowest providers pyproject.toml declares, so those bounds are tested.
     pins+=("apache-airflow-providers-amazon==9.12.0" "apache-airflow-providers-common-compat==1.22.0")
 fi
+constraint_args=()
+[[ -f "$constraints" ]] && constraint_args=(-c "$constraints")  # a minor may need no pins
 stamp="$venv/.installed"
-# A minor may need no pins, and so have no constraints file.
-inputs=$(cat pyproject.toml $([[ -f "$constraints" ]] && echo "$constraints") | sha256sum | cut -c1-16)
+inputs=$(cat pyproject.toml "${constraint_args[@]:1}" | sha256sum | cut -c1-16)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$inputs" ]]; then
     echo "== Airflow $version: creating $venv"
     rm -rf "$venv"
     "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    extra_args=()
-    [[ -f "$constraints" ]] && extra_args=(-c "$constraints")
-    "$venv/bin/python" -m pip install --quiet "${extra_args[@]}" "${pins[@]}" -e ".[dev]"
+    "$venv/bin/python" -m pip install --quiet uv
+    "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" "${constraint_args[@]}" "${pins[@]}" -e ".[dev]"
     echo "$inputs" > "$stamp"
 fi
-echo "== Airflow $version: $("$venv/bin/python" -m pip list 2>/dev/null \
+echo "== Airflow $version: $("$venv/bin/uv" pip list --python "$venv/bin/python" 2>/dev/null \
     | grep -iE '^(apache-airflow|apache-airflow-providers-amazon|apache-airflow-providers-common-compat|fastapi|svcs|cadwyn) ' \
     | awk '{printf "%s %s; ", $1, $2}')"
 start=$(date +%s)

@@ -26,11 +26,11 @@ def run_manifests(s3, bucket: str, folder: str) -> dict[str, dict]:
 
 def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, buckets, emulator):
     names = [
-        f"shelf-{shelf}/item-{item:02}.{'png' if item % 2 else 'jpg'}" for shelf in "ab" for item in range(10)
+        f"shelf-{shelf}/item-{item:02}.{'png' if item % 2 else 'jpg'}" for shelf in "ab" for item in range(5)
     ]
     for seed, name in enumerate(names):
         s3.put_object(Bucket=buckets.src, Key=f"catalog/{name}", Body=sample_image(96, 64, name[-3:], seed))
-    done = ["shelf-a/item-00", "shelf-b/item-05"]
+    done = ["shelf-a/item-00", "shelf-b/item-03"]
     for stem in done:
         s3.put_object(Bucket=buckets.out, Key=f"catalog-edited/{stem}.png", Body=sample_image(50, 40))
     emulator.configure(size_map={"1536x1024": "1536x1008"})
@@ -40,14 +40,14 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
     run = dag.test(run_conf=conf)
 
     assert run.state == "success"
-    assert emulator.stats()["paid"] == 18
+    assert emulator.stats()["paid"] == 8
     manifest = run_manifests(s3, buckets.out, "catalog-edited/")[run.run_id]
     assert manifest["dag_id"] == "bettertoken_backfill"
-    # The listing planned only the 18 images without an output: the 2 done ones cost no task at all.
-    assert manifest["counts"] == {"planned": 18, "done": 18, "skipped": 0, "failed": 0}
-    assert manifest["listing"] == {"images": 20, "done": 2, "pending": 18, "planned": 18, "remaining": 0}
+    # The listing planned only the 8 images without an output: the 2 done ones cost no task at all.
+    assert manifest["counts"] == {"planned": 8, "done": 8, "skipped": 0, "failed": 0}
+    assert manifest["listing"] == {"images": 10, "done": 2, "pending": 8, "planned": 8, "remaining": 0}
     assert (manifest["remaining"], manifest["next_run_id"], manifest["failures"]) == (0, None, [])
-    assert len(manifest["size_mismatches"]) == 18  # the emulator returns 1536x1008 for 1536x1024
+    assert len(manifest["size_mismatches"]) == 8  # the emulator returns 1536x1008 for 1536x1024
     assert manifest["size_mismatches"][0] == {
         "output_uri": f"s3://{buckets.out}/catalog-edited/shelf-a/item-01.png",
         "requested_size": "1536x1024",
@@ -55,9 +55,9 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
         "height": 1008,
     }
     assert manifest["usage"] == {
-        "input_tokens": 18 * 150,
-        "output_tokens": 18 * 1000,
-        "total_tokens": 18 * 1150,
+        "input_tokens": 8 * 150,
+        "output_tokens": 8 * 1000,
+        "total_tokens": 8 * 1150,
     }
     outputs = {o["output_uri"]: o for o in manifest["outputs"]}
     assert sorted(outputs) == sorted(
@@ -65,7 +65,7 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
         for n in names
         if n.rsplit(".", 1)[0] not in done
     )
-    fresh = outputs[f"s3://{buckets.out}/catalog-edited/shelf-b/item-09.png"]
+    fresh = outputs[f"s3://{buckets.out}/catalog-edited/shelf-b/item-04.png"]
     assert (fresh["skipped"], fresh["width"], fresh["height"], fresh["requested_size"]) == (
         False,
         1536,
@@ -76,7 +76,7 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
 
     rerun = dag.test(run_conf=conf)
     assert rerun.state == "success"
-    assert emulator.stats()["paid"] == 18  # a rerun pays for nothing...
+    assert emulator.stats()["paid"] == 8  # a rerun pays for nothing...
     assert return_values(dag.dag_id, rerun.run_id, "edit_image") == []  # ...and runs no edit task
     states = {ti.task_id: ti.state for ti in rerun.get_task_instances()}
     assert states["edit_image"] == "skipped"
@@ -86,8 +86,8 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
     assert manifests[run.run_id]["counts"] == manifest["counts"]
     assert manifests[rerun.run_id]["counts"] == {"planned": 0, "done": 0, "skipped": 0, "failed": 0}
     summary = read_json(s3, buckets.out, "catalog-edited/_manifest.json")
-    assert (summary["runs"], summary["images_done"], summary["api_attempts"]) == (2, 18, 18)
-    assert summary["usage"]["total_tokens"] == 18 * 1150
+    assert (summary["runs"], summary["images_done"], summary["api_attempts"]) == (2, 8, 8)
+    assert summary["usage"]["total_tokens"] == 8 * 1150
     assert summary["latest_run"]["run_id"] == rerun.run_id
     assert summary["last_failures"] == []
 
