@@ -88,16 +88,19 @@ def measure_finished_rerun(count: int = 20_000) -> dict:
         from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 
         s3 = S3Hook(aws_conn_id="aws_default").get_conn()
-        for bucket in ("in", "out"):
+        for bucket in ("bench-in", "bench-out"):
             s3.create_bucket(Bucket=bucket)
         sources, _ = catalog_keys(count)
         outputs = [key.replace("catalog/", "edited/", 1).replace(".jpg", ".png") for key in sources]
-        puts = [("in", key) for key in sources] + [("out", key) for key in outputs]
+        puts = [("bench-in", key) for key in sources] + [("bench-out", key) for key in outputs]
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda put: s3.put_object(Bucket=put[0], Key=put[1], Body=b"x"), puts))
         proxy.requests.clear()
         op = BetterTokenListImagesOperator(
-            task_id="list", source_prefix="s3://in/catalog/", dest_prefix="s3://out/edited/", preflight=False
+            task_id="list",
+            source_prefix="s3://bench-in/catalog/",
+            dest_prefix="s3://bench-out/edited/",
+            preflight=False,
         )
         xcoms: dict = {}
         ti = SimpleNamespace(xcom_push=lambda key, value: xcoms.__setitem__(key, value))

@@ -52,7 +52,8 @@ def check_output_key(key: str, what: str = "dest") -> None:
         raise BetterTokenInputError(f"{what} names no key; use s3://bucket/key.png or s3://bucket/prefix/")
     if key.startswith("/"):
         raise BetterTokenInputError(f"{what} key {key!r} must not start with '/'")
-    if any(unicodedata.category(ch) == "Cc" for ch in key):
+    # isprintable() is False for every control character, and it is cheap: the scan runs only then.
+    if not key.isprintable() and any(unicodedata.category(ch) == "Cc" for ch in key):
         raise BetterTokenInputError(f"{what} key {key!r} must not contain control characters")
     segments = key.rstrip("/").split("/")
     if any(segment in (".", "..", "") for segment in segments):
