@@ -29,9 +29,9 @@ lint: $(VENV)/.installed
 test-airflow:
 	PYTHON=$(PYTHON) scripts/test-airflow.sh $(AIRFLOW)
 
-# Every supported minor in turn; stops at the first that fails.
+# Every supported minor, side by side, each into .matrix-logs/airflow-VERSION.log.
 test-matrix:
-	@for version in $(MATRIX); do PYTHON=$(PYTHON) scripts/test-airflow.sh $$version || exit 1; done
+	PYTHON=$(PYTHON) scripts/test-matrix.sh $(MATRIX)
 
 clean:
 	rm -rf $(VENV) .venv-airflow-* .demo demo-output .pytest_cache .ruff_cache
