@@ -56,7 +56,7 @@ def cluster(request):
     announce(
         request,
         "starting PostgreSQL-backed Airflow (api-server, scheduler, dag-processor, 2 Celery workers), "
-        "the emulator and moto; 3 runs follow, about 4 minutes",
+        "the emulator and moto; 3 runs follow, about 7 minutes",
     )
     logs = Path(tempfile.mkdtemp(prefix="bettertoken-cluster-"))
     cluster = Cluster(logs)
