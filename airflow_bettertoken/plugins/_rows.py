@@ -82,13 +82,18 @@ def edit_rows(
     """How many edit task instances the run has (matching the filter), and one page of them."""
     query = _edit_task_instances(dag_id, run_id, task_id, map_index)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    instances = session.execute(
+    page_query = (
         query.order_by(TaskInstance.task_id, TaskInstance.map_index)
         .offset((page - 1) * PAGE_SIZE)
         .limit(PAGE_SIZE)
-    ).all()
+    )
+    return total, _rows(session, dag_id, run_id, session.execute(page_query).all())
+
+
+def _rows(session: Session, dag_id: str, run_id: str, instances: list[Any]) -> list[EditRow]:
+    """The task instances with what their XCom recorded, read in one query."""
     if not instances:
-        return total, []
+        return []
     xcoms = session.scalars(
         select(XComModel).where(
             XComModel.dag_id == dag_id,
@@ -114,9 +119,11 @@ def edit_rows(
                 failure=failure if isinstance(failure, dict) else None,
             )
         )
-    return total, rows
+    return rows
 
 
 def find_row(session: Session, dag_id: str, run_id: str, task_id: str, map_index: int) -> EditRow | None:
-    _, rows = edit_rows(session, dag_id, run_id, task_id=task_id, map_index=map_index)
+    """One edit task instance, for an image request: no count, no paging."""
+    instances = session.execute(_edit_task_instances(dag_id, run_id, task_id, map_index)).all()
+    rows = _rows(session, dag_id, run_id, instances)
     return rows[0] if rows else None
