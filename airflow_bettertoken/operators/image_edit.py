@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from functools import cached_property
@@ -19,12 +20,17 @@ from airflow_bettertoken.exceptions import (
 )
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators._links import OutputImageLink, SourceImagesLink
-from airflow_bettertoken.protocol.result import EditResult, existing_output_xcom, sources_metadata
+from airflow_bettertoken.protocol.result import (
+    EditFailure,
+    EditResult,
+    EditXCom,
+    existing_output_xcom,
+    sources_metadata,
+)
 from airflow_bettertoken.protocol.retry import RetryPolicy, Timing
 from airflow_bettertoken.protocol.wire import MODEL, check_image_count, check_prompt, check_size, fingerprint
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore, UploadFailed
-from airflow_bettertoken.storage.run_manifest import failure_record
 from airflow_bettertoken.storage.spill import SpillDir
 
 if TYPE_CHECKING:
@@ -160,24 +166,23 @@ class BetterTokenImageEditOperator(BaseOperator):
                 xcom = self._edit(context)
             except Exception as err:
                 # Why this edit failed, for the run's manifest: a failed task has no return value.
-                failure = failure_record(self.source, self.dest, err)
-                context["ti"].xcom_push(key="failure", value={**failure, "aws_conn_id": self.aws_conn_id})
+                failure = EditFailure.from_error(self.source, self.dest, err, aws_conn_id=self.aws_conn_id)
+                context["ti"].xcom_push(key="failure", value=failure.to_xcom())
                 raise
-        # The gallery reads the images with the task's own connection.
-        xcom["aws_conn_id"] = self.aws_conn_id
-        self._lineage = (xcom["source_uris"], xcom["output_uri"])
-        if xcom["skipped"]:
+        xcom = dataclasses.replace(xcom, aws_conn_id=self.aws_conn_id)
+        self._lineage = (xcom.source_uris, xcom.output_uri)
+        if xcom.skipped:
             Stats.incr("bettertoken.output.skipped")
         else:
             self._report_asset_events(context, xcom)
-        return xcom
+        return xcom.to_xcom()
 
-    def _report_asset_events(self, context: Context, xcom: dict[str, Any]) -> None:
+    def _report_asset_events(self, context: Context, xcom: EditXCom) -> None:
         """Add the written object to every ``AssetAlias`` in ``outlets``, so DAGs scheduled on it run."""
-        extra = {"width": xcom["width"], "height": xcom["height"], "sha256": xcom["sha256"]}
+        extra = {"width": xcom.width, "height": xcom.height, "sha256": xcom.sha256}
         for outlet in self.outlets:
             if isinstance(outlet, AssetAlias):
-                context["outlet_events"][outlet].add(Asset(uri=xcom["output_uri"]), extra=extra)
+                context["outlet_events"][outlet].add(Asset(uri=xcom.output_uri), extra=extra)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The S3 references as inputs and the PNG as output; None without the OpenLineage provider."""
@@ -197,7 +202,7 @@ class BetterTokenImageEditOperator(BaseOperator):
 
         return OperatorLineage(inputs=[dataset(uri) for uri in source_uris], outputs=[dataset(output_uri)])
 
-    def _edit(self, context: Context) -> dict[str, Any]:
+    def _edit(self, context: Context) -> EditXCom:
         prompt = check_prompt(self.prompt)
         size = check_size(self.size)
         source_uris = [self.source] if isinstance(self.source, str) else list(self.source)
@@ -248,7 +253,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         source_uris: list[str],
         spill: SpillDir,
         digest: str,
-    ) -> dict[str, Any]:
+    ) -> EditXCom:
         """Apply the size policy and upload the PNG; keep it in the spill directory if that fails."""
         if result.size_matches is False:
             message = (
@@ -285,9 +290,9 @@ class BetterTokenImageEditOperator(BaseOperator):
             )
             return self._existing_result(output, self.store.head(output) or {}, source_uris)
         self.log.info("Wrote %s: %dx%d, %d bytes", output.uri, result.width, result.height, len(result.png))
-        return result.to_xcom(output.uri, source_uris)
+        return result.to_xcom(output.uri, source_uris, attempts=result.attempts)
 
-    def _existing_result(self, output: S3Location, head: dict, source_uris: list[str]) -> dict[str, Any]:
+    def _existing_result(self, output: S3Location, head: dict, source_uris: list[str]) -> EditXCom:
         """XCom for an output that exists: the metadata on the object, or its PNG header if it has none."""
         meta = head.get("Metadata") or {}
         recorded = {k: meta[k] for k in ("sources", "sources-sha256") if k in meta}

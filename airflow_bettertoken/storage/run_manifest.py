@@ -15,24 +15,15 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.storage.locations import S3Location
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-__all__ = ["build_run_manifest", "failure_record", "summarize", "write_manifests"]
+__all__ = ["build_run_manifest", "summarize", "write_manifests"]
 
 RUNS_FOLDER = "_manifests/"
-# Kept in a failure record: the first line of the error, cut to this length.
-_MAX_REASON_CHARS = 300
-
-
-def failure_record(source: Any, dest: Any, error: BaseException) -> dict[str, Any]:
-    """Why one edit failed, small and JSON-safe: the edit, the error class, a one-line reason."""
-    reason = (str(error).strip().splitlines() or [""])[0]
-    if len(reason) > _MAX_REASON_CHARS:
-        reason = reason[:_MAX_REASON_CHARS] + "..."
-    return {"source": source, "dest": dest, "error": type(error).__name__, "reason": reason}
 
 
 def _sum_usage(into: dict[str, int], usage: Mapping[str, Any] | None) -> None:
@@ -53,19 +44,19 @@ def build_run_manifest(
 
     :param edits: the planned ``{"source", "dest"}`` pairs, as the listing returned them.
     :param results: the edit tasks' return values; a failed task has none, so it counts as failed.
-    :param failures: the failed edit tasks' ``failure`` XCom (:func:`failure_record`).
+    :param failures: the failed edit tasks' ``failure`` XCom (:class:`EditFailure`).
     :param listing: the listing's counts (``images``, ``done``, ``pending``, ``remaining``), if known.
     :param next_run_id: the run that continues this one, when the work goes on in chunks.
     """
     planned = list(edits)
-    finished = [r for r in results if r]
-    written = {r["output_uri"] for r in finished}
-    reasons = {f["dest"]: f for f in failures if f}
+    finished = [r for r in map(EditXCom.from_xcom, results) if r]
+    written = {r.output_uri for r in finished}
+    reasons = {f.dest: f for f in map(EditFailure.from_xcom, failures) if f}
     usage: dict[str, int] = {}
     for result in finished:
-        _sum_usage(usage, result.get("usage"))
+        _sum_usage(usage, result.usage)
     failed = [e for e in planned if e["dest"] not in written]
-    skipped = sum(1 for r in finished if r["skipped"])
+    skipped = sum(1 for r in finished if r.skipped)
     return {
         "counts": {
             "planned": len(planned),
@@ -76,26 +67,42 @@ def build_run_manifest(
         "listing": dict(listing) if listing else None,
         "remaining": listing.get("remaining") if listing else None,
         "next_run_id": next_run_id,
-        "api_attempts": sum(r["attempts"] for r in finished),
+        "api_attempts": sum(r.attempts for r in finished),
         "usage": usage,
         "size_mismatches": [
-            {k: r[k] for k in ("output_uri", "requested_size", "width", "height")}
+            {
+                "output_uri": r.output_uri,
+                "requested_size": r.requested_size,
+                "width": r.width,
+                "height": r.height,
+            }
             for r in finished
-            if r["size_matches"] is False
+            if r.size_matches is False
         ],
         "failures": [
-            reasons.get(e["dest"])
+            _failure_entry(reasons.get(e["dest"]))
             or {"source": e["source"], "dest": e["dest"], "error": None, "reason": "the task left no record"}
             for e in failed
         ],
         "outputs": [
             {
-                k: r[k]
-                for k in ("output_uri", "width", "height", "requested_size", "bytes", "sha256", "skipped")
+                "output_uri": r.output_uri,
+                "width": r.width,
+                "height": r.height,
+                "requested_size": r.requested_size,
+                "bytes": r.nbytes,
+                "sha256": r.sha256,
+                "skipped": r.skipped,
             }
-            for r in sorted(finished, key=lambda r: r["output_uri"])
+            for r in sorted(finished, key=lambda r: r.output_uri)
         ],
     }
+
+
+def _failure_entry(failure: EditFailure | None) -> dict[str, Any] | None:
+    if failure is None:
+        return None
+    return {"source": failure.source, "dest": failure.dest, "error": failure.error, "reason": failure.reason}
 
 
 def summarize(runs: list[Mapping[str, Any]]) -> dict[str, Any]:
