@@ -8,7 +8,8 @@ from __future__ import annotations
 import http.client
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from urllib.parse import unquote, urlsplit
 
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -23,13 +24,18 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "host"
 
 class S3FaultProxy:
     """Forwards everything to ``upstream``; the next ``fail_puts`` object PUTs fail (-1: all of them),
-    with a 503 SlowDown or, with ``fail_with_access_denied``, a 403 AccessDenied."""
+    with a 503 SlowDown or, with ``fail_with_access_denied``, a 403 AccessDenied. Only keys for which
+    ``fails_key(key)`` is true fail: by default every key but the provider's own records under
+    ``_bettertoken/``."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.fail_puts = 0
         self.fail_with_access_denied = False
+        self.fails_key: Callable[[str], bool] = lambda key: not key.startswith("_bettertoken/")
         self.failed_puts = 0
+        #: The next this-many object PUTs are stored, but their answer is lost: the client sees a 503.
+        self.lose_put_answers = 0
         #: Every request that came through, as (method, path with query), in order.
         self.requests: list[tuple[str, str]] = []
         proxy = self
@@ -43,8 +49,9 @@ class S3FaultProxy:
             def _forward(self) -> None:
                 proxy.requests.append((self.command, self.path))
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                is_object_put = self.command == "PUT" and "/" in self.path.lstrip("/").split("?")[0]
-                if is_object_put and proxy.fail_puts != 0:
+                bucket, _, key = unquote(self.path.lstrip("/").split("?")[0]).partition("/")
+                is_object_put = self.command == "PUT" and key != ""
+                if is_object_put and proxy.fail_puts != 0 and proxy.fails_key(key):
                     if proxy.fail_puts > 0:
                         proxy.fail_puts -= 1
                     proxy.failed_puts += 1
@@ -61,6 +68,10 @@ class S3FaultProxy:
                 data = response.read()
                 reply_headers = {k: v for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP}
                 conn.close()
+                if is_object_put and proxy.lose_put_answers > 0 and proxy.fails_key(key):
+                    proxy.lose_put_answers -= 1
+                    self._reply(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
+                    return
                 self._reply(response.status, reply_headers, data)
 
             def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
