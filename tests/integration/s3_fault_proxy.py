@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import http.client
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 SLOW_DOWN = (
@@ -49,7 +49,7 @@ class S3FaultProxy:
             def _forward(self) -> None:
                 proxy.requests.append((self.command, self.path))
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                bucket, _, key = unquote(self.path.lstrip("/").split("?")[0]).partition("/")
+                _, _, key = unquote(self.path.lstrip("/").split("?")[0]).partition("/")
                 is_object_put = self.command == "PUT" and key != ""
                 if is_object_put and proxy.fail_puts != 0 and proxy.fails_key(key):
                     if proxy.fail_puts > 0:

@@ -362,7 +362,7 @@ def test_24_task_killed_mid_request_then_retried(s3, buckets, emulator, task_con
     # The retry waited for the dead task's claim to lapse (claim_seconds=6 in the tests) before paying.
     [first, retry] = emulator.stats()["requests"]
     assert first["idempotency_key"] == retry["idempotency_key"], "the retry must send the same key"
-    assert 3 <= time.monotonic() - killed_at
+    assert time.monotonic() - killed_at >= 3
     [ledger] = [
         OutputLedger.from_json(
             json.loads(s3.get_object(Bucket=buckets.out, Key="_bettertoken/ledger/a.png.json")["Body"].read())
