@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Kept in a failure record: the first line of the error, cut to this length.
-_MAX_REASON_CHARS = 300
+_MAX_REASON_CHARS = 500
 # S3 user metadata is limited to 2 KB; longer source lists are recorded as a digest.
 _MAX_SOURCES_METADATA = 1024
 # What a spill record keeps besides the PNG: everything the result holds, so it comes back whole.

@@ -373,19 +373,16 @@ def may_send(
 def explain_budget(
     entry: EditEntry, policy: SpendPolicy, read_timeout: float | None = None, how_to_raise: str = ""
 ) -> str:
-    """Why no call is sent: the budget, each billed attempt, and the likely cause."""
+    """Why no call is sent: the likely cause first (what the user acts on), then the budget and each call."""
     billed = [a for a in entry.attempts if a.outcome.may_be_billed]
-    listed = "; ".join(_describe(a) for a in billed)
-    text = (
-        f"not sent: this image has had {entry.billed_calls} calls that may have been billed, and "
-        f"max_billed_calls is {policy.max_billed_calls} ({listed})"
-    )
     cause = likely_cause(billed, read_timeout)
-    if cause:
-        text += f". {cause[0].upper()}{cause[1:]}"
-    if how_to_raise:
-        text += f". {how_to_raise}"
-    return text
+    text = (
+        "not sent: "
+        + (f"{cause}. " if cause else "")
+        + f"This image has had {entry.billed_calls} calls that may have been billed, and max_billed_calls is "
+        + f"{policy.max_billed_calls} ({'; '.join(_describe(a) for a in billed)})"
+    )
+    return f"{text}. {how_to_raise}" if how_to_raise else text
 
 
 def _describe(attempt: Attempt) -> str:

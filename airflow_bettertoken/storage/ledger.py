@@ -20,7 +20,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -54,12 +55,15 @@ __all__ = [
     "breaker_location",
     "ledger_location",
     "read_ledger",
+    "read_ledgers",
 ]
 
 log = logging.getLogger(__name__)
 
 #: The provider's own records in a destination bucket: never listed as sources, never outputs.
 RESERVED_PREFIX = "_bettertoken/"
+# GETs in flight when reading many ledgers.
+_PARALLEL_READS = 8
 _LAPSED = "its sender stopped renewing its claim before the call ended (the worker may have died)"
 
 
@@ -86,6 +90,14 @@ def read_ledger(s3_hook: S3Hook, output: S3Location) -> OutputLedger | None:
     """The output's ledger as S3 has it now, or None when nothing was ever sent for it."""
     document = ConditionalRecord(s3_hook, ledger_location(output)).read()
     return OutputLedger.from_json(document) if document else None
+
+
+def read_ledgers(s3_hook: S3Hook, outputs: Sequence[S3Location]) -> list[OutputLedger]:
+    """The ledgers of many outputs, a few GETs at a time (a run may have planned a thousand edits)."""
+    s3_hook.get_conn()  # one client, made before the threads share it
+    with ThreadPoolExecutor(max_workers=_PARALLEL_READS) as pool:
+        found = pool.map(lambda output: read_ledger(s3_hook, output), outputs)
+        return [ledger for ledger in found if ledger is not None]
 
 
 class SpendLedger:

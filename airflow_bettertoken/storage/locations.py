@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from airflow_bettertoken.exceptions import BetterTokenInputError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class S3Location:
     bucket: str
     key: str

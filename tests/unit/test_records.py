@@ -50,9 +50,9 @@ def test_a_reader_ignores_keys_it_does_not_know():
 
 def test_the_failure_record_keeps_the_first_line_of_the_error_cut_short():
     failure = EditFailure.from_error(
-        "s3://in/a.png", "s3://out/", BetterTokenInputError("x" * 400 + "\nmore")
+        "s3://in/a.png", "s3://out/", BetterTokenInputError("x" * 600 + "\nmore")
     )
-    assert (failure.error, len(failure.reason)) == ("BetterTokenInputError", 303)
+    assert (failure.error, len(failure.reason)) == ("BetterTokenInputError", 503)
     assert EditFailure.from_xcom(json.loads(json.dumps(failure.to_xcom()))) == failure
     assert EditFailure.from_xcom({"source": "s3://in/a.png"}) is None
     assert dataclasses.replace(failure, evidence_uri="s3://out/_bettertoken/evidence/a").evidence_uri
