@@ -93,7 +93,7 @@ def measure_edits(bench: Bench) -> dict[str, dict[str, int]]:
 
     def edit(key: str, run_id: str) -> None:
         op = BetterTokenImageEditOperator(
-            task_id="edit", prompt="p", source=f"s3://bench-in/{key}", dest="s3://bench-out/"
+            task_id="edit", prompt="p", source=f"s3://bench-in/{key}", dest="s3://bench-out/edited/"
         )
         execute_deferrable(op, context(run_id))
 
@@ -161,9 +161,9 @@ def main() -> None:
         "",
         f"The ledger adds {added} requests to a new edit: a GET of the output's ledger and of the run's",
         "breaker before the call, a PUT to take the claim, a PUT that writes the call down before it is",
-        "sent and one after it ends, a PUT when the image is stored and one to release the claim. A call",
+        "sent and one after it ends, and a PUT when the image is stored, which releases the claim. A call",
         "that stays open adds one renewal PUT every 30 s (`claim_seconds` / 3): four for a two-minute",
-        "edit. At S3's list prices that is about $0.00005 an edit.",
+        "edit. At S3's list prices (PUT $0.005, GET $0.0004 per 1,000) that is about $0.00003 an edit.",
         "",
     ]
     results = HERE / "RESULTS.md"
