@@ -154,7 +154,8 @@ def main() -> None:
         "",
         "| figure | with the ledger | before (53b7850) |",
         "|---|---|---|",
-        f"| S3 requests of a new edit (a call that answers at once) | {text(new)} | {text(BEFORE_NEW_EDIT)} |",
+        f"| S3 requests of a new edit (a call that answers at once) | {text(new)} "
+        f"| {text(BEFORE_NEW_EDIT)} |",
         f"| S3 requests of an edit whose output exists | {text(skipped)} | {text(BEFORE_SKIPPED_EDIT)} |",
         f"| summary update at run 1: requests, wall | {text(first)}, {first_wall:.3f} s "
         f"| {text(BEFORE_SUMMARY_AT_1)} |",
