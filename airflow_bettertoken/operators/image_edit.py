@@ -25,6 +25,7 @@ from airflow_bettertoken.protocol.wire import MODEL, check_image_count, check_pr
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore, UploadFailed
 from airflow_bettertoken.storage.run_manifest import failure_record
+from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 from airflow_bettertoken.storage.spill import SpillDir
 
 if TYPE_CHECKING:
@@ -71,13 +72,16 @@ class BetterTokenImageEditOperator(BaseOperator):
         ``{"max_attempts": 2}``. Not to be confused with Airflow's ``retries`` of the whole task.
     :param spill_dir: where a paid image is kept if it cannot be uploaded; default a folder in the temp dir.
     :param upload_deadline: seconds to keep retrying a failed upload before spilling.
+    :param s3_extra_args: what every write to S3 adds to ``put_object``, with ``S3Hook``'s meaning, e.g.
+        ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``; DAG-wide through
+        ``default_args``. (templated)
     :param image_label: the edit's name in the grid and the gallery, e.g. the source's path under the listed
         prefix (the listing sets it); default the first source's file name. (templated)
     :param bettertoken_conn_id: the BetterToken connection.
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("prompt", "source", "dest", "size", "image_label")
+    template_fields: Sequence[str] = ("prompt", "source", "dest", "size", "image_label", "s3_extra_args")
     ui_color = "#e8f0fe"
     operator_extra_links = (OutputImageLink(), SourceImagesLink())
     #: Sleep and clocks of the API and upload retry loops; tests replace it to run in virtual time.
@@ -95,6 +99,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         api_retry: dict[str, Any] | None = None,
         spill_dir: str | None = None,
         upload_deadline: float = 120.0,
+        s3_extra_args: dict[str, Any] | None = None,
         image_label: str | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
@@ -120,6 +125,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         self.api_retry = api_retry
         self.spill_dir = spill_dir
         self.upload_deadline = upload_deadline
+        self.s3_extra_args = s3_extra_args
         self.image_label = image_label
         self.bettertoken_conn_id = bettertoken_conn_id
         self.aws_conn_id = aws_conn_id
@@ -127,6 +133,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         _choice("if_exists", if_exists, IF_EXISTS)
         _choice("on_size_mismatch", on_size_mismatch, ON_SIZE_MISMATCH)
         RetryPolicy.check_options(api_retry or {})
+        S3ExtraArgs.check_literal(s3_extra_args)
         if not _is_template(size):
             check_size(size)
         if not _is_template(prompt):
@@ -136,8 +143,10 @@ class BetterTokenImageEditOperator(BaseOperator):
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
-        # A mapped task takes its map_index_template from partial(), before __init__ ever runs.
+        # A mapped task takes its map_index_template from partial(), before __init__ ever runs; and
+        # __init__ runs only when the task is expanded, so a literal typo is caught here, at parse time.
         _default_map_index_template(kwargs)
+        S3ExtraArgs.check_literal(kwargs.get("s3_extra_args"))
         return super().partial(**kwargs)
 
     @property
@@ -152,7 +161,7 @@ class BetterTokenImageEditOperator(BaseOperator):
 
     @cached_property
     def store(self) -> ImageStore:
-        return ImageStore(S3Hook(aws_conn_id=self.aws_conn_id), self.timing)
+        return ImageStore(S3Hook(aws_conn_id=self.aws_conn_id), self.timing, self.s3_extra_args)
 
     def execute(self, context: Context) -> dict[str, Any]:
         with fail_task_on_permanent_error():

@@ -15,7 +15,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from airflow_bettertoken.storage.findings import ListingFindings
 from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.s3_io import S3IO
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -48,6 +50,7 @@ def build_run_manifest(
     *,
     listing: Mapping[str, int] | None = None,
     next_run_id: str | None = None,
+    findings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Reduce one run's planned edits and its edit tasks' XCom into a JSON-safe manifest.
 
@@ -56,6 +59,8 @@ def build_run_manifest(
     :param failures: the failed edit tasks' ``failure`` XCom (:func:`failure_record`).
     :param listing: the listing's counts (``images``, ``done``, ``pending``, ``remaining``), if known.
     :param next_run_id: the run that continues this one, when the work goes on in chunks.
+    :param findings: the listing's ``findings`` XCom (:class:`ListingFindings`): the keys it skipped and
+        what the preflight found about the store; None when the listing pushed none.
     """
     planned = list(edits)
     finished = [r for r in results if r]
@@ -95,6 +100,7 @@ def build_run_manifest(
             }
             for r in sorted(finished, key=lambda r: r["output_uri"])
         ],
+        "findings": ListingFindings.from_xcom(findings).to_xcom() if findings is not None else None,
     }
 
 
@@ -121,16 +127,29 @@ def _run_key(folder: str, run_id: str) -> str:
     return f"{folder}{RUNS_FOLDER}{re.sub(r'[^A-Za-z0-9._-]+', '_', run_id)}.json"
 
 
-def write_manifests(s3_hook: S3Hook, summary: S3Location, run_manifest: Mapping[str, Any]) -> str:
-    """Write this run's manifest, then rebuild the summary from every run's; returns the run's URI."""
+def write_manifests(
+    s3_hook: S3Hook,
+    summary: S3Location,
+    run_manifest: Mapping[str, Any],
+    *,
+    s3_extra_args: Mapping[str, Any] | None = None,
+) -> str:
+    """Write this run's manifest, then rebuild the summary from every run's; returns the run's URI.
+
+    :param s3_extra_args: what every write adds to ``put_object`` (see ``S3ExtraArgs``).
+    """
+    io = S3IO(s3_hook, s3_extra_args)
     folder = summary.key.rsplit("/", 1)[0] + "/" if "/" in summary.key else ""
     run_key = _run_key(folder, run_manifest["run_id"])
-    s3_hook.load_string(
-        json.dumps(run_manifest, indent=2), key=run_key, bucket_name=summary.bucket, replace=True
-    )
+    io.put(S3Location(summary.bucket, run_key), _json_bytes(run_manifest), content_type=JSON)
     keys = s3_hook.list_keys(bucket_name=summary.bucket, prefix=folder + RUNS_FOLDER) or []
     runs = [json.loads(s3_hook.read_key(key, summary.bucket)) for key in keys if key.endswith(".json")]
-    s3_hook.load_string(
-        json.dumps(summarize(runs), indent=2), key=summary.key, bucket_name=summary.bucket, replace=True
-    )
+    io.put(summary, _json_bytes(summarize(runs)), content_type=JSON)
     return f"s3://{summary.bucket}/{run_key}"
+
+
+JSON = "application/json"
+
+
+def _json_bytes(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, indent=2).encode()
