@@ -163,9 +163,24 @@ class S3IO:
         :param if_match: replace only the version with this ETag (``If-Match``).
         :param deadline: for an image already paid for: go on retrying throttling, 5xx and connection
             errors for this many seconds after botocore gave up. None: botocore's retries alone.
-        :returns: ``written=False`` when a condition failed (412: another writer won), with no ETag.
+        :returns: the new ETag; or ``written=False`` when a condition failed: 412 (another writer
+            came first), or 404 to an ``if_match`` write (that version was deleted). Read again and
+            decide again.
         :raises BetterTokenStorageError: when S3 refused the write, or time ran out; it names the
-            botocore class, the permission and the fix.
+            botocore class, the permission and the fix. A 409 ``ConditionalRequestConflict`` (two
+            conditional writes at once) is retried within a ``deadline``; without one it is raised
+            with ``retryable=True`` and ``code="ConditionalRequestConflict"``: read again and decide again.
+
+        A record kept with conditional writes (the spend ledger) reads with :meth:`get` and writes::
+
+            read = io.get(location)                       # FOUND, MISSING or HIDDEN (a 403)
+            etag = read.etag if read.found else None
+            result = io.put(location, body, content_type="application/json",
+                            if_match=etag, if_none_match=etag is None)
+            if not result.written: ...                    # another writer won: read and decide again
+
+        A ``HIDDEN`` record may exist: the create-only write then fails (``written=False``), and a
+        second ``HIDDEN`` read means the role lacks ``s3:GetObject`` on it, which is worth an error.
         """
         params: dict[str, Any] = {
             **self.extra_args.for_write(),
@@ -190,7 +205,11 @@ class S3IO:
                 return PutResult(True, response.get("ETag"))
             except (ClientError, BotoCoreError) as err:
                 failure = classify(err)
-                if conditional and failure.status == 412:
+                # 412: the condition failed, another writer came first. 404 to an If-Match write:
+                # the version it names was deleted meanwhile, which fails the condition too.
+                if (conditional and failure.status == 412) or (
+                    if_match is not None and failure.status == 404
+                ):
                     return PutResult(False)
                 if loop is None or not failure.retryable:
                     raise self._error(err, "PutObject", location, failure) from err
