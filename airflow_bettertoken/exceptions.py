@@ -17,6 +17,7 @@ __all__ = [
     "BetterTokenAPIError",
     "BetterTokenAuthenticationError",
     "BetterTokenBadRequestError",
+    "BetterTokenBudgetError",
     "BetterTokenConfigError",
     "BetterTokenError",
     "BetterTokenInputError",
@@ -118,7 +119,19 @@ class BetterTokenTransportError(BetterTokenError):
 
 
 class BetterTokenResponseError(BetterTokenError):
-    """Raised when a success answer is malformed; the image was probably paid for, so it is not retried."""
+    """Raised when a success answer is malformed; the image was probably paid for, so it is not retried.
+
+    ``evidence`` holds what came back (the decoded image, or the body), to be kept for the provider's
+    support; ``request_id`` names the answer. Neither is ever logged.
+    """
+
+    evidence: bytes | bytearray | None = None
+    request_id: str | None = None
+
+
+class BetterTokenBudgetError(BetterTokenError):
+    """Raised instead of a call when the image's budget of calls that may have been billed is spent,
+    or when its run was stopped because edit after edit was cut."""
 
 
 class BetterTokenOutputExistsError(BetterTokenError):

@@ -26,8 +26,9 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
 from airflow_bettertoken.testing.sandbox import LocalSandbox  # noqa: E402
 
-# Retries wait milliseconds in tests; the policy itself is tested with an injected sleeper.
-FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.05}
+# Retries wait milliseconds in tests, and a claim whose holder died lapses in seconds; the policy itself
+# is tested with an injected sleeper.
+FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.05, "claim_seconds": 6}
 
 
 @pytest.fixture(scope="session")

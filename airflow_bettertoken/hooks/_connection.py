@@ -10,12 +10,28 @@ from typing import Any
 from airflow_bettertoken.exceptions import BetterTokenConfigError
 from airflow_bettertoken.protocol.png import DEFAULT_MAX_PIXELS
 from airflow_bettertoken.protocol.retry import RetryPolicy
+from airflow_bettertoken.protocol.spend import (
+    DEFAULT_CLAIM_SECONDS,
+    DEFAULT_MAX_BILLED_CALLS,
+    SpendPolicy,
+    check_max_billed_calls,
+)
 from airflow_bettertoken.protocol.wire import DEFAULT_BASE_URL, OMITTABLE_FIELDS
 
 DEFAULT_TIMEOUT = 900.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
+# The spend policy's extras: protocol/spend.SpendPolicy.
+_SPEND_EXTRAS = ("max_billed_calls", "claim_seconds")
 # The extras of the hook itself; the retry policy's fields are known too.
-_HOOK_EXTRAS = ("timeout", "connect_timeout", "verify", "proxies", "max_pixels", "omit_fields")
+_HOOK_EXTRAS = (
+    "timeout",
+    "connect_timeout",
+    "verify",
+    "proxies",
+    "max_pixels",
+    "omit_fields",
+    *_SPEND_EXTRAS,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +47,7 @@ class ConnectionSettings:
     proxies: dict[str, str]
     retry_policy: RetryPolicy
     max_pixels: int
+    spend_policy: SpendPolicy
     #: Form fields left out of each edit request, for servers that refuse them.
     omit_fields: frozenset[str] = frozenset()
 
@@ -70,6 +87,12 @@ def read_settings(
         proxies=proxies,
         retry_policy=RetryPolicy().with_options(extra).with_options(retry_overrides),
         max_pixels=int(_positive(extra, "max_pixels", DEFAULT_MAX_PIXELS, conn_id)),
+        spend_policy=SpendPolicy(
+            max_billed_calls=check_max_billed_calls(
+                extra.get("max_billed_calls", DEFAULT_MAX_BILLED_CALLS), f"connection {conn_id!r} extra"
+            ),
+            claim_seconds=_positive(extra, "claim_seconds", DEFAULT_CLAIM_SECONDS, conn_id),
+        ),
         omit_fields=_omit_fields(extra.get("omit_fields"), conn_id),
     )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -14,6 +16,7 @@ from airflow_bettertoken import __version__
 from airflow_bettertoken.exceptions import (
     BetterTokenConfigError,
     BetterTokenError,
+    BetterTokenResponseError,
     BetterTokenTransportError,
     error_for_status,
 )
@@ -22,7 +25,14 @@ from airflow_bettertoken.hooks._connection import ConnectionSettings, fix_hint, 
 from airflow_bettertoken.hooks._transport import failure_kind, new_session, read_edit_answer
 from airflow_bettertoken.protocol.png import PngHeader, verify_png
 from airflow_bettertoken.protocol.result import EditResult
-from airflow_bettertoken.protocol.retry import Failure, RetryLoop, Timing, is_retryable_status
+from airflow_bettertoken.protocol.retry import Decision, Failure, RetryLoop, Timing, is_retryable_status
+from airflow_bettertoken.protocol.spend import (
+    Outcome,
+    SpendGuard,
+    SpendPolicy,
+    outcome_of_failure,
+    outcome_of_status,
+)
 from airflow_bettertoken.protocol.wire import (
     EDITS_PATH,
     MODEL,
@@ -36,6 +46,58 @@ from airflow_bettertoken.protocol.wire import (
 )
 
 __all__ = ["BetterTokenHook", "EditResult"]
+
+
+@dataclass
+class _Reply:
+    """What came back for one call: its status, and the decoded answer or the error's (small) body."""
+
+    status: int
+    headers: Mapping[str, str]
+    request_id: str | None
+    answer: EditAnswer | None = None
+    error_body: bytes = b""
+
+
+class _AnswerCut(Exception):
+    """A 2xx answer whose body broke off: the image was billed, but never arrived whole."""
+
+    def __init__(self, reply: _Reply, error: requests.RequestException) -> None:
+        super().__init__(str(error))
+        self.reply, self.error = reply, error
+
+
+class _Call:
+    """One call as the spend guard hears of it: written down before it is sent, and how it ended.
+
+    A failure to record how a call ended never loses its answer: the call stays open in the
+    ledger, which counts it as billed.
+    """
+
+    def __init__(self, guard: SpendGuard | None, timing: Timing, log: Any) -> None:
+        self.guard, self.timing, self.log = guard, timing, log
+        if guard is not None:
+            guard.before_send()
+        self.sent_at = timing.clock()
+
+    def ended(self, outcome: Outcome, **how: Any) -> None:
+        if self.guard is None:
+            return
+        try:
+            self.guard.after_call(outcome, elapsed_s=self.timing.clock() - self.sent_at, **how)
+        except Exception as err:
+            self.log.warning(
+                "Could not record how the call ended (%s: %s); it stays open", type(err).__name__, err
+            )
+
+    def paid_but_unusable(self, err: BetterTokenResponseError, *, status: int) -> None:
+        self.ended(
+            Outcome.PAID,
+            cause=f"an unusable answer: {err}",
+            status=status,
+            request_id=err.request_id,
+            evidence=err.evidence,
+        )
 
 
 class BetterTokenHook(BaseHook):
@@ -123,6 +185,24 @@ class BetterTokenHook(BaseHook):
         note = "" if MODEL in models else f"; {MODEL} is not among them"
         return True, f"Connected to {settings.base_url}: {len(models)} models{note}"
 
+    def spend_policy(self, max_billed_calls: int | None = None) -> SpendPolicy:
+        """The connection's bounds on spend per image, with an operator's ``max_billed_calls`` applied."""
+        policy = self._settings.spend_policy
+        if max_billed_calls is None:
+            return policy
+        return dataclasses.replace(policy, max_billed_calls=max_billed_calls)
+
+    def how_to_raise_the_budget(self, now: int) -> str:
+        """Where a user raises ``max_billed_calls``, for messages that refuse a call."""
+        return (
+            f"To allow more calls for this image, raise max_billed_calls (now {now}) in the extra of "
+            f"connection {self.bettertoken_conn_id!r}, or pass max_billed_calls= to the operator"
+        )
+
+    @property
+    def read_timeout(self) -> float:
+        return self._settings.timeout
+
     def verify_png(self, png: bytes | bytearray) -> PngHeader:
         """Check every byte of a PNG under this connection's ``max_pixels``, e.g. one kept from a past run."""
         return verify_png(png, self._settings.max_pixels)
@@ -134,6 +214,7 @@ class BetterTokenHook(BaseHook):
         size: str = "auto",
         *,
         idempotency_key: str | None = None,
+        guard: SpendGuard | None = None,
     ) -> EditResult:
         """Make one edit: a single paid call, retried only as the policy allows.
 
@@ -145,61 +226,41 @@ class BetterTokenHook(BaseHook):
         :param size: one of :data:`~airflow_bettertoken.protocol.wire.SIZES`.
         :param idempotency_key: sent as ``Idempotency-Key`` on every attempt; derived from the
             inputs when not given.
+        :param guard: the spend ledger, told before every call is sent and after it ends; it may
+            refuse a call (the operator passes one; without it nothing bounds spend across tries).
         :raises BetterTokenInputError: before anything is sent, for bad input.
         """
         request = build_edit_request(prompt, images, size)
-        settings = self._settings
         if idempotency_key is None:
             digests = [hashlib.sha256(image.content).hexdigest() for image in request.images]
             idempotency_key = fingerprint(MODEL, prompt, size, digests)
-        url = settings.base_url + EDITS_PATH
-        loop = RetryLoop(settings.retry_policy, self.timing)
+        url = self._settings.base_url + EDITS_PATH
+        loop = RetryLoop(self._settings.retry_policy, self.timing)
         while True:
-            attempt = loop.begin_attempt()
+            loop.begin_attempt()
+            call = _Call(guard, self.timing, self.log)
             try:
-                response, answer = self._post_once(url, request, idempotency_key)
+                reply = self._post_once(url, request, idempotency_key)
             except requests.RequestException as err:
-                kind = failure_kind(err)
-                decision = loop.after_failure(failure=kind)
-                what = f"{kind.value}: {type(err).__name__}"
-                if not decision.retry:
-                    raise BetterTokenTransportError(
-                        f"no answer from POST {url} (connection {self.bettertoken_conn_id!r}) after "
-                        f"{attempt} attempt(s) ({what}); {decision.reason}",
-                        maybe_billed=kind is Failure.MAYBE_BILLED,
-                        attempts=attempt,
-                    ) from err
-                log = self.log.warning if kind is Failure.MAYBE_BILLED else self.log.info
-                log("Attempt %d got no answer (%s); retrying in %.1f s", attempt, what, decision.wait)
-                loop.wait(decision)
-                continue
-
-            request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
-            if answer is not None:
-                return self._result(answer, request, attempt, loop.elapsed, request_id)
-
-            status = response.status_code
-            decision = loop.after_failure(status=status, headers=response.headers)
-            error = parse_error_answer(status, response.content)
-            if not decision.retry:
-                message = self._error_text(status, error.message, "POST", url, error.code)
-                raise error_for_status(
-                    status,
-                    f"{message}; {decision.reason}" + (f" [request id {request_id}]" if request_id else ""),
-                    retryable=is_retryable_status(status, response.headers),
-                    code=error.code,
-                    request_id=request_id,
-                    attempts=attempt,
-                )
-            self.log.info(
-                "Attempt %d answered %d (%s); retrying in %.1f s", attempt, status, error.code, decision.wait
-            )
+                decision = self._after_no_answer(loop, call, err, url)
+            except _AnswerCut as cut:
+                decision = self._after_cut_answer(loop, call, cut, url)
+            except BetterTokenResponseError as err:
+                call.paid_but_unusable(err, status=200)
+                raise
+            else:
+                if reply.answer is not None:
+                    return self._checked(reply, request, loop, call)
+                decision = self._after_error_status(loop, call, reply, url)
             loop.wait(decision)
 
-    def _post_once(
-        self, url: str, request: EditRequest, idempotency_key: str
-    ) -> tuple[requests.Response, EditAnswer | None]:
-        """One attempt: a success decoded as it streams in, or an error with its (small) body read."""
+    def _post_once(self, url: str, request: EditRequest, idempotency_key: str) -> _Reply:
+        """One attempt: a success decoded as it streams in, or an error with its (small) body read.
+
+        :raises requests.RequestException: when no answer came.
+        :raises _AnswerCut: when a 2xx answer's body broke off before its end.
+        :raises BetterTokenResponseError: when a 2xx answer is unusable, with ``evidence`` and ``request_id``.
+        """
         settings = self._settings
         response = self._session.post(
             url,
@@ -210,10 +271,90 @@ class BetterTokenHook(BaseHook):
             stream=True,
         )
         with response:
-            if 200 <= response.status_code < 300:
-                return response, read_edit_answer(response, settings.max_pixels)
-            response.content  # noqa: B018 (reads the body while the connection is open)
-            return response, None
+            request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
+            reply = _Reply(response.status_code, response.headers, request_id)
+            if not 200 <= response.status_code < 300:
+                reply.error_body = response.content  # read while the connection is open
+                return reply
+            try:
+                reply.answer = read_edit_answer(response, settings.max_pixels)
+            except requests.RequestException as err:
+                raise _AnswerCut(reply, err) from err
+            except BetterTokenResponseError as err:
+                err.request_id = request_id
+                raise
+            return reply
+
+    def _after_no_answer(
+        self, loop: RetryLoop, call: _Call, err: requests.RequestException, url: str
+    ) -> Decision:
+        """Record a call that got no answer; the decision to retry, or the error that ends the loop."""
+        kind = failure_kind(err)
+        what = f"{kind.value}: {type(err).__name__}"
+        call.ended(outcome_of_failure(kind), cause=what, sent=kind is Failure.MAYBE_BILLED)
+        decision = loop.after_failure(failure=kind)
+        if not decision.retry:
+            raise BetterTokenTransportError(
+                f"no answer from POST {url} (connection {self.bettertoken_conn_id!r}) after "
+                f"{loop.attempt} attempt(s) ({what}); {decision.reason}",
+                maybe_billed=kind is Failure.MAYBE_BILLED,
+                attempts=loop.attempt,
+            ) from err
+        log = self.log.warning if kind is Failure.MAYBE_BILLED else self.log.info
+        log("Attempt %d got no answer (%s); retrying in %.1f s", loop.attempt, what, decision.wait)
+        return decision
+
+    def _after_cut_answer(self, loop: RetryLoop, call: _Call, cut: _AnswerCut, url: str) -> Decision:
+        """A 2xx came, so the image was made and billed, but its body never arrived whole."""
+        what = f"answered {cut.reply.status}, then the body was cut ({type(cut.error).__name__})"
+        call.ended(Outcome.PAID, cause=what, status=cut.reply.status, request_id=cut.reply.request_id)
+        decision = loop.after_failure(failure=Failure.MAYBE_BILLED)
+        if not decision.retry:
+            raise BetterTokenTransportError(
+                f"POST {url} (connection {self.bettertoken_conn_id!r}) {what} after {loop.attempt} "
+                f"attempt(s); {decision.reason}",
+                maybe_billed=True,
+                attempts=loop.attempt,
+            ) from cut.error
+        self.log.warning("Attempt %d %s; retrying in %.1f s", loop.attempt, what, decision.wait)
+        return decision
+
+    def _after_error_status(self, loop: RetryLoop, call: _Call, reply: _Reply, url: str) -> Decision:
+        """Record an error answer; the decision to retry, or the error that ends the loop."""
+        status = reply.status
+        call.ended(
+            outcome_of_status(status), cause=f"HTTP {status}", status=status, request_id=reply.request_id
+        )
+        decision = loop.after_failure(status=status, headers=reply.headers)
+        error = parse_error_answer(status, reply.error_body)
+        if not decision.retry:
+            message = self._error_text(status, error.message, "POST", url, error.code)
+            request = f" [request id {reply.request_id}]" if reply.request_id else ""
+            raise error_for_status(
+                status,
+                f"{message}; {decision.reason}{request}",
+                retryable=is_retryable_status(status, reply.headers),
+                code=error.code,
+                request_id=reply.request_id,
+                attempts=loop.attempt,
+            )
+        self.log.info(
+            "Attempt %d answered %d (%s); retrying in %.1f s", loop.attempt, status, error.code, decision.wait
+        )
+        return decision
+
+    def _checked(self, reply: _Reply, request: EditRequest, loop: RetryLoop, call: _Call) -> EditResult:
+        """The result of a 2xx answer whose PNG passed every check; a broken one is recorded as evidence."""
+        answer = reply.answer
+        assert answer is not None
+        try:
+            result = self._result(answer, request, loop.attempt, loop.elapsed, reply.request_id)
+        except BetterTokenResponseError as err:
+            err.evidence, err.request_id = answer.png, reply.request_id
+            call.paid_but_unusable(err, status=reply.status)
+            raise
+        call.ended(Outcome.PAID, cause="a usable image", status=reply.status, request_id=reply.request_id)
+        return result
 
     def _result(
         self, answer: EditAnswer, request: EditRequest, attempts: int, elapsed: float, request_id: str | None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
+import time
 import warnings
 from collections.abc import Sequence
 from functools import cached_property
@@ -9,24 +12,35 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import Asset, AssetAlias, BaseOperator, Stats
+from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_bettertoken.exceptions import (
+    BetterTokenBudgetError,
     BetterTokenInputError,
     BetterTokenOutputExistsError,
+    BetterTokenResponseError,
     BetterTokenSizeMismatchError,
     BetterTokenUploadError,
     fail_task_on_permanent_error,
 )
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators._links import OutputImageLink, SourceImagesLink
-from airflow_bettertoken.protocol.result import EditResult, existing_output_xcom, sources_metadata
+from airflow_bettertoken.protocol.result import (
+    EditFailure,
+    EditResult,
+    EditXCom,
+    existing_output_xcom,
+    sources_metadata,
+)
 from airflow_bettertoken.protocol.retry import RetryPolicy, Timing
+from airflow_bettertoken.protocol.spend import Holder, SendDecision, Verdict, check_max_billed_calls
 from airflow_bettertoken.protocol.wire import MODEL, check_image_count, check_prompt, check_size, fingerprint
+from airflow_bettertoken.storage.ledger import SpendLedger
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore, UploadFailed
-from airflow_bettertoken.storage.run_manifest import failure_record
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 from airflow_bettertoken.storage.spill import SpillDir
+from airflow_bettertoken.triggers.claim import ClaimWaitTrigger
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -34,6 +48,11 @@ if TYPE_CHECKING:
 __all__ = ["BetterTokenImageEditOperator"]
 
 IF_EXISTS = ("skip", "replace", "fail")
+# Who can upload a kept image without paying again: a kept image in S3, or on this worker's disk.
+_WHO_FINDS_IT = {
+    True: "a retry on any worker uploads it without paying again",
+    False: "a rerun on this worker uploads it without paying again",
+}
 ON_SIZE_MISMATCH = ("record", "warn", "fail")
 
 
@@ -70,11 +89,14 @@ class BetterTokenImageEditOperator(BaseOperator):
         in the spill directory and fail).
     :param api_retry: retry policy fields for the API call that override the connection extra, e.g.
         ``{"max_attempts": 2}``. Not to be confused with Airflow's ``retries`` of the whole task.
-    :param spill_dir: where a paid image is kept if it cannot be uploaded; default a folder in the temp dir.
-    :param upload_deadline: seconds to keep retrying a failed upload before spilling.
+    :param spill_dir: where a paid image is kept if it can be written neither to its output nor beside
+        the spend ledger in S3; default a folder in the temp dir.
+    :param upload_deadline: seconds to keep retrying a failed upload before keeping the image aside.
     :param s3_extra_args: what every write to S3 adds to ``put_object``, with ``S3Hook``'s meaning, e.g.
         ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``; DAG-wide through
         ``default_args``. (templated)
+    :param max_billed_calls: calls for this image that may have been billed, ever (across tries, runs
+        and DAGs), before no more are sent; default the connection's extra, else 2.
     :param image_label: the edit's name in the grid and the gallery, e.g. the source's path under the listed
         prefix (the listing sets it); default the first source's file name. (templated)
     :param bettertoken_conn_id: the BetterToken connection.
@@ -101,6 +123,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         upload_deadline: float = 120.0,
         s3_extra_args: dict[str, Any] | None = None,
         image_label: str | None = None,
+        max_billed_calls: int | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
         retry: dict[str, Any] | None = None,
@@ -127,6 +150,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         self.upload_deadline = upload_deadline
         self.s3_extra_args = s3_extra_args
         self.image_label = image_label
+        self.max_billed_calls = max_billed_calls
         self.bettertoken_conn_id = bettertoken_conn_id
         self.aws_conn_id = aws_conn_id
         # Whatever is known before templating fails the DAG at parse time.
@@ -134,6 +158,8 @@ class BetterTokenImageEditOperator(BaseOperator):
         _choice("on_size_mismatch", on_size_mismatch, ON_SIZE_MISMATCH)
         RetryPolicy.check_options(api_retry or {})
         S3ExtraArgs.check_literal(s3_extra_args)
+        if max_billed_calls is not None:
+            check_max_billed_calls(max_billed_calls, "BetterTokenImageEditOperator")
         if not _is_template(size):
             check_size(size)
         if not _is_template(prompt):
@@ -165,28 +191,35 @@ class BetterTokenImageEditOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         with fail_task_on_permanent_error():
+            self._ledger_uri = self._evidence_uri = None
             try:
                 xcom = self._edit(context)
             except Exception as err:
                 # Why this edit failed, for the run's manifest: a failed task has no return value.
-                failure = failure_record(self.source, self.dest, err)
-                context["ti"].xcom_push(key="failure", value={**failure, "aws_conn_id": self.aws_conn_id})
+                failure = EditFailure.from_error(
+                    self.source,
+                    self.dest,
+                    err,
+                    aws_conn_id=self.aws_conn_id,
+                    evidence_uri=self._evidence_uri,
+                    ledger_uri=self._ledger_uri,
+                )
+                context["ti"].xcom_push(key="failure", value=failure.to_xcom())
                 raise
-        # The gallery reads the images with the task's own connection.
-        xcom["aws_conn_id"] = self.aws_conn_id
-        self._lineage = (xcom["source_uris"], xcom["output_uri"])
-        if xcom["skipped"]:
+        xcom = dataclasses.replace(xcom, aws_conn_id=self.aws_conn_id)
+        self._lineage = (xcom.source_uris, xcom.output_uri)
+        if xcom.skipped:
             Stats.incr("bettertoken.output.skipped")
         else:
             self._report_asset_events(context, xcom)
-        return xcom
+        return xcom.to_xcom()
 
-    def _report_asset_events(self, context: Context, xcom: dict[str, Any]) -> None:
+    def _report_asset_events(self, context: Context, xcom: EditXCom) -> None:
         """Add the written object to every ``AssetAlias`` in ``outlets``, so DAGs scheduled on it run."""
-        extra = {"width": xcom["width"], "height": xcom["height"], "sha256": xcom["sha256"]}
+        extra = {"width": xcom.width, "height": xcom.height, "sha256": xcom.sha256}
         for outlet in self.outlets:
             if isinstance(outlet, AssetAlias):
-                context["outlet_events"][outlet].add(Asset(uri=xcom["output_uri"]), extra=extra)
+                context["outlet_events"][outlet].add(Asset(uri=xcom.output_uri), extra=extra)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The S3 references as inputs and the PNG as output; None without the OpenLineage provider."""
@@ -206,7 +239,7 @@ class BetterTokenImageEditOperator(BaseOperator):
 
         return OperatorLineage(inputs=[dataset(uri) for uri in source_uris], outputs=[dataset(output_uri)])
 
-    def _edit(self, context: Context) -> dict[str, Any]:
+    def _edit(self, context: Context) -> EditXCom:
         prompt = check_prompt(self.prompt)
         size = check_size(self.size)
         source_uris = [self.source] if isinstance(self.source, str) else list(self.source)
@@ -229,25 +262,111 @@ class BetterTokenImageEditOperator(BaseOperator):
 
         # Names the logical edit: the same inputs give the same digest on every worker and every try.
         digest = fingerprint(MODEL, prompt, size, source_uris, output.uri)
-        spill = SpillDir(self.spill_dir)
-        result = spill.load(digest)
-        if result is not None:
-            self.log.info("Found this output's paid image in the spill directory; uploading it, no API call")
-            self.hook.verify_png(result.png)
-        else:
-            images = [self.store.read_source(location) for location in sources]
-            result = self.hook.edit_image(
-                prompt, images, size, idempotency_key=self._idempotency_key(context, digest)
-            )
-        xcom = self._store(output, result, prompt, source_uris, spill, digest)
-        spill.discard(digest)
-        return xcom
+        ledger = self._ledger(context, output, digest)
+        self._ledger_uri = ledger.uri
+        decision = ledger.begin()
+        if decision.verdict is Verdict.WAIT:
+            self._wait_for(decision, output)
+        if decision.verdict is Verdict.REFUSE:
+            raise BetterTokenBudgetError(f"{decision.reason} (ledger {ledger.uri})")
+        cut: bool | None = None
+        try:
+            result = self._paid_image(ledger, digest, prompt, size, sources, context)
+            xcom = self._store(output, result, prompt, source_uris, ledger, digest)
+            cut = False
+            return xcom
+        except BetterTokenResponseError:
+            self._evidence_uri = ledger.evidence_uri
+            raise
+        except Exception:
+            cut = True if ledger.last_call_was_cut else None
+            raise
+        finally:
+            ledger.finish(cut=cut)
+
+    def execute_after_wait(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Back from the triggerer: the output appeared, or its holder let it go. Decide again, from S3."""
+        self.log.info("Done waiting for another task's claim (%s)", (event or {}).get("status"))
+        return self.execute(context)
+
+    def _ledger(self, context: Context, output: S3Location, digest: str) -> SpendLedger:
+        """The output's spend ledger, as this task instance and try sees it."""
+        ti = context["ti"]
+        holder = Holder(
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            task_id=ti.task_id,
+            map_index=ti.map_index,
+            try_number=ti.try_number,
+            hostname=getattr(ti, "hostname", None) or socket.gethostname(),
+        )
+        # A forced replace is a new logical edit: it pays again, once, for this task instance.
+        edit_id = (
+            digest if self.if_exists != "replace" else fingerprint(digest, "replace", self._identity(ti))
+        )
+        policy = self.hook.spend_policy(self.max_billed_calls)
+        return SpendLedger(
+            self.store.s3_hook,
+            output,
+            edit_id,
+            holder,
+            policy,
+            extra_args=self.store.io.extra_args.for_write(),
+            how_to_raise=self.hook.how_to_raise_the_budget(policy.max_billed_calls),
+            read_timeout=self.hook.read_timeout,
+        )
+
+    def _wait_for(self, decision: SendDecision, output: S3Location) -> None:
+        """Hand the waiting to the triggerer; this task comes back in :meth:`execute_after_wait`."""
+        claim = decision.claim
+        assert claim is not None
+        policy = self.hook.spend_policy(self.max_billed_calls)
+        self.log.info(
+            "%s is being made by %s; waiting in the triggerer until it appears or that claim lapses "
+            "(in %.0f s unless renewed), without holding a worker slot",
+            output.uri,
+            claim.holder.label,
+            max(0.0, claim.expires_at - time.time()),
+        )
+        self.defer(
+            trigger=ClaimWaitTrigger(
+                output_uri=output.uri,
+                token=claim.token,
+                aws_conn_id=self.aws_conn_id,
+                poll_seconds=min(10.0, policy.claim_seconds / 3),
+            ),
+            method_name="execute_after_wait",
+        )
+
+    def _paid_image(
+        self,
+        ledger: SpendLedger,
+        digest: str,
+        prompt: str,
+        size: str,
+        sources: list[S3Location],
+        context: Context,
+    ) -> EditResult:
+        """The image this edit paid for before (kept in S3 or on this worker), or a new paid call."""
+        kept = ledger.spilled_result() or SpillDir(self.spill_dir).load(digest)
+        if kept is not None:
+            self.log.info("Found this output's paid image, kept after a failed upload; uploading it, no call")
+            self.hook.verify_png(kept.png)
+            return kept
+        images = [self.store.read_source(location) for location in sources]
+        return self.hook.edit_image(
+            prompt, images, size, idempotency_key=self._idempotency_key(context, digest), guard=ledger
+        )
 
     @staticmethod
-    def _idempotency_key(context: Context, digest: str) -> str:
+    def _identity(ti: Any) -> list[Any]:
+        """The task instance without its try number."""
+        return [ti.dag_id, ti.task_id, ti.run_id, ti.map_index]
+
+    @classmethod
+    def _idempotency_key(cls, context: Context, digest: str) -> str:
         """The task's identity without its try number, so Airflow's own retries send the same key."""
-        ti = context["ti"]
-        return fingerprint(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, digest)
+        return fingerprint(*cls._identity(context["ti"]), digest)
 
     def _store(
         self,
@@ -255,48 +374,72 @@ class BetterTokenImageEditOperator(BaseOperator):
         result: EditResult,
         prompt: str,
         source_uris: list[str],
-        spill: SpillDir,
+        ledger: SpendLedger,
         digest: str,
-    ) -> dict[str, Any]:
-        """Apply the size policy and upload the PNG; keep it in the spill directory if that fails."""
+    ) -> EditXCom:
+        """Apply the size policy and upload the PNG; keep it where a retry finds it if that fails."""
         if result.size_matches is False:
             message = (
                 f"asked for {result.requested_size}, got {result.width}x{result.height} for {output.uri}"
             )
             if self.on_size_mismatch == "fail":
-                path = spill.save(digest, result)
+                where = self._keep(result, prompt, source_uris, ledger, digest)
                 raise BetterTokenSizeMismatchError(
                     f"{message}; on_size_mismatch='fail'. "
-                    f"The image (sha256 {result.sha256}) is kept at {path}"
+                    f"The image (sha256 {result.sha256}) is kept at {where}"
                 )
             Stats.incr("bettertoken.output.size_mismatch")
             if self.on_size_mismatch == "warn":
                 self.log.warning("Size mismatch: %s", message)
+        metadata = result.s3_metadata(prompt, source_uris)
         try:
             written = self.store.put_png(
                 output,
                 result.png,
-                result.s3_metadata(prompt, source_uris),
+                metadata,
                 create_only=self.if_exists != "replace",
                 deadline=self.upload_deadline,
             )
         except UploadFailed as err:
-            path = spill.save(digest, result)
+            where = self._keep(result, prompt, source_uris, ledger, digest)
             raise BetterTokenUploadError(
-                f"could not write the paid image to {output.uri} ({err}). It is kept at {path} "
-                f"(sha256 {result.sha256}); a rerun on this worker uploads it without paying again"
+                f"could not write the paid image to {output.uri} ({err}). It is kept at {where} "
+                f"(sha256 {result.sha256}); {_WHO_FINDS_IT[where.startswith('s3://')]}"
             ) from err.cause
         if not written:
-            self.log.warning(
-                "Another task wrote %s first; this task's image (sha256 %s) was not stored",
-                output.uri,
-                result.sha256,
-            )
-            return self._existing_result(output, self.store.head(output) or {}, source_uris)
+            found = (self.store.head(output) or {}).get("Metadata") or {}
+            if found.get("png-sha256") != result.sha256:
+                self.log.warning(
+                    "Another task wrote %s first; this task's image (sha256 %s) was not stored",
+                    output.uri,
+                    result.sha256,
+                )
+                return self._existing_result(output, self.store.head(output) or {}, source_uris)
+            # Our own write, whose answer was lost: S3 refused the retry because the object is there.
+            self.log.info("%s holds this task's image already (a lost answer to its own upload)", output.uri)
+        ledger.stored(result.sha256)
+        SpillDir(self.spill_dir).discard(digest)
         self.log.info("Wrote %s: %dx%d, %d bytes", output.uri, result.width, result.height, len(result.png))
-        return result.to_xcom(output.uri, source_uris)
+        return result.to_xcom(output.uri, source_uris, **self._spend(ledger))
 
-    def _existing_result(self, output: S3Location, head: dict, source_uris: list[str]) -> dict[str, Any]:
+    def _keep(
+        self, result: EditResult, prompt: str, source_uris: list[str], ledger: SpendLedger, digest: str
+    ) -> str:
+        """Keep a paid image that is not in the output: in S3 if it can be, else on this worker's disk."""
+        try:
+            return ledger.spill(result, result.s3_metadata(prompt, source_uris))
+        except (ClientError, BotoCoreError) as err:
+            self.log.warning("Could not keep the paid image in S3 (%s); keeping it on this worker", err)
+            return str(SpillDir(self.spill_dir).save(digest, result))
+
+    @staticmethod
+    def _spend(ledger: SpendLedger) -> dict[str, Any]:
+        """The XCom's spend figures, read from the ledger: this task instance's POSTs, and the image's."""
+        entry = ledger.entry
+        mine = [a for a in entry.attempts if a.sent and a.by.same_task_instance(ledger.holder)]
+        return {"attempts": len(mine), "billed_calls": entry.billed_calls, "ledger_uri": ledger.uri}
+
+    def _existing_result(self, output: S3Location, head: dict, source_uris: list[str]) -> EditXCom:
         """XCom for an output that exists: the metadata on the object, or its PNG header if it has none."""
         meta = head.get("Metadata") or {}
         recorded = {k: meta[k] for k in ("sources", "sources-sha256") if k in meta}

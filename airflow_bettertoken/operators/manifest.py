@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
-from airflow_bettertoken.exceptions import fail_task_on_permanent_error
+from airflow_bettertoken.exceptions import BetterTokenError, fail_task_on_permanent_error
 from airflow_bettertoken.operators._xcom import materialize, task_id_of
 from airflow_bettertoken.operators.next_chunk import DECISION_KEY
+from airflow_bettertoken.protocol.spend import RunSpend, run_spend
 from airflow_bettertoken.storage.findings import FINDINGS_KEY
-from airflow_bettertoken.storage.locations import parse_s3_uri
+from airflow_bettertoken.storage.ledger import read_ledgers
+from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.run_manifest import build_run_manifest, write_manifests
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 
@@ -22,6 +24,15 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
 __all__ = ["BetterTokenManifestOperator"]
+
+
+def _output_of(edit: Mapping[str, Any]) -> S3Location | None:
+    """The output object of one planned edit (its ``dest`` may be a prefix), or None if it names none."""
+    try:
+        source = edit["source"] if isinstance(edit["source"], str) else edit["source"][0]
+        return output_location(parse_dest(edit["dest"]), parse_s3_uri(source, "source"))
+    except (BetterTokenError, KeyError, IndexError, TypeError):
+        return None
 
 
 class BetterTokenManifestOperator(BaseOperator):
@@ -85,14 +96,16 @@ class BetterTokenManifestOperator(BaseOperator):
                 f"Nothing was planned, so no manifest was written: task {self.listing_task_id!r} failed "
                 "before listing any edit; its log says why"
             )
+        planned = list(self.edits)
         manifest = build_run_manifest(
-            self.edits,
+            planned,
             materialize(self.results),
             materialize(self.failures),
             listing=ti.xcom_pull(task_ids=self.listing_task_id, key="counts")
             if self.listing_task_id
             else None,
             next_run_id=(decision or {}).get("next_run_id"),
+            spend=self._spend(planned, summary.bucket, ti),
             findings=ti.xcom_pull(task_ids=self.listing_task_id, key=FINDINGS_KEY)
             if self.listing_task_id
             else None,
@@ -104,9 +117,11 @@ class BetterTokenManifestOperator(BaseOperator):
             **manifest,
         }
         with fail_task_on_permanent_error():
-            run_uri = write_manifests(self.s3_hook, summary, manifest, s3_extra_args=self.s3_extra_args)
-        counts = manifest["counts"]
-        self.log.info("Wrote %s and the summary %s: %s", run_uri, self.manifest_uri, counts)
+            run_uri = write_manifests(
+                self.s3_hook, summary, manifest, extra_args=S3ExtraArgs.parse(self.s3_extra_args).for_write()
+            )
+        counts, spend = manifest["counts"], manifest["spend"]
+        self.log.info("Wrote %s and the summary %s: %s; spend %s", run_uri, self.manifest_uri, counts, spend)
         if counts["failed"] and self.fail_on_failed_edits:
             first = manifest["failures"][0]
             raise AirflowFailException(
@@ -119,6 +134,18 @@ class BetterTokenManifestOperator(BaseOperator):
                 "chunk, so the work may have stopped early; its log says why"
             )
         return counts
+
+    def _spend(self, planned: list[Mapping[str, Any]], bucket: str, ti: Any) -> RunSpend:
+        """What this run spent, from the spend ledgers of its planned outputs in the manifest's bucket.
+
+        The planned edits only name the outputs; what was sent and paid is read from the ledgers,
+        which the edit tasks wrote before every call.
+        """
+        outputs = {_output_of(edit) for edit in planned}
+        ledgers = read_ledgers(
+            self.s3_hook, sorted(o for o in outputs if o is not None and o.bucket == bucket)
+        )
+        return run_spend(ledgers, ti.dag_id, ti.run_id)
 
     def _chain_decision(self, ti: Any) -> dict[str, Any] | None:
         """What the next-chunk task decided; None if it failed before deciding (or there is none)."""

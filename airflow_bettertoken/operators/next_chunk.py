@@ -10,6 +10,7 @@ from airflow.providers.common.compat.sdk import AirflowSkipException
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
 from airflow_bettertoken.operators._xcom import materialize, task_id_of
+from airflow_bettertoken.protocol.result import EditXCom
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -78,7 +79,8 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
     def execute(self, context: Context) -> None:
         ti = context["ti"]
         counts = ti.xcom_pull(task_ids=self.listing_task_id, key="counts") or {}
-        finished = sum(1 for result in materialize(self.results) if result and not result["skipped"])
+        results = map(EditXCom.from_xcom, materialize(self.results))
+        finished = sum(1 for result in results if result and not result.skipped)
         remaining = counts.get("remaining", 0)
         if not _is_on(self.until_done):
             reason = "until_done is off: this run is the only one"

@@ -19,6 +19,7 @@ import re
 
 import pybase64
 
+from airflow_bettertoken.exceptions import BetterTokenResponseError
 from airflow_bettertoken.protocol.png import DEFAULT_MAX_PIXELS
 from airflow_bettertoken.protocol.wire import EditAnswer, answer_from_document, parse_edit_answer
 
@@ -56,14 +57,23 @@ class EditAnswerStream:
             self._raw.append(chunk)
 
     def finish(self) -> EditAnswer:
-        """The answer, checked exactly as :func:`.wire.parse_edit_answer` does."""
-        if self._state == "tail":
-            answer = self._finish_fast()
-            if answer is not None:
-                return answer
-        if self._state != "raw":
-            self._fall_back(b"")
-        return parse_edit_answer(b"".join(self._raw), self._max_pixels)
+        """The answer, checked exactly as :func:`.wire.parse_edit_answer` does.
+
+        :raises BetterTokenResponseError: with ``evidence``: the decoded image, or the whole body.
+        """
+        try:
+            if self._state == "tail":
+                answer = self._finish_fast()
+                if answer is not None:
+                    return answer
+            if self._state != "raw":
+                self._fall_back(b"")
+            return parse_edit_answer(b"".join(self._raw), self._max_pixels)
+        except BetterTokenResponseError as err:
+            err.evidence = (
+                bytes(self._png[: self._png_size]) if self._state == "tail" else b"".join(self._raw)
+            )
+            raise
 
     def _feed_head(self, chunk: bytes) -> None:
         start = max(0, len(self._head) - 32)  # the key may straddle two chunks

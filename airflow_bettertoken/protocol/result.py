@@ -16,8 +16,17 @@ from typing import Any
 
 from airflow_bettertoken.protocol.wire import MODEL, EditAnswer
 
-__all__ = ["EditResult", "existing_output_xcom", "size_matches", "sources_metadata"]
+__all__ = [
+    "EditFailure",
+    "EditResult",
+    "EditXCom",
+    "existing_output_xcom",
+    "size_matches",
+    "sources_metadata",
+]
 
+# Kept in a failure record: the first line of the error, cut to this length.
+_MAX_REASON_CHARS = 500
 # S3 user metadata is limited to 2 KB; longer source lists are recorded as a digest.
 _MAX_SOURCES_METADATA = 1024
 # What a spill record keeps besides the PNG: everything the result holds, so it comes back whole.
@@ -95,18 +104,26 @@ class EditResult:
             **sources_metadata(source_uris),
         }
 
-    def to_xcom(self, output_uri: str, source_uris: list[str]) -> dict[str, Any]:
-        """The task's return value for an image this task paid for and wrote."""
-        return _xcom(
-            output_uri,
+    def to_xcom(self, output_uri: str, source_uris: list[str], **spend: Any) -> EditXCom:
+        """The task's return value for an image this task paid for and wrote.
+
+        :param spend: the spend figures read from the ledger: ``attempts``, ``billed_calls``, ``ledger_uri``.
+        """
+        return EditXCom(
+            output_uri=output_uri,
             width=self.width,
             height=self.height,
             requested_size=self.requested_size,
             nbytes=len(self.png),
             sha256=self.sha256,
             model=MODEL,
-            source_uris=source_uris,
-            result=self,
+            source_uris=list(source_uris),
+            revised_prompt=self.revised_prompt,
+            usage=self.usage,
+            request_id=self.request_id,
+            elapsed_s=self.elapsed_s,
+            skipped=False,
+            **spend,
         )
 
 
@@ -118,51 +135,119 @@ def existing_output_xcom(
     height: int,
     nbytes: int | None,
     source_uris: list[str],
-) -> dict[str, Any]:
+) -> EditXCom:
     """The task's return value for an output that already existed: nothing was paid this time."""
-    return _xcom(
-        output_uri,
+    return EditXCom(
+        output_uri=output_uri,
         width=width,
         height=height,
         requested_size=metadata.get("requested-size"),
         nbytes=nbytes,
         sha256=metadata.get("png-sha256"),
         model=metadata.get("model"),
-        source_uris=source_uris,
-        result=None,
+        source_uris=list(source_uris),
+        skipped=True,
     )
 
 
-def _xcom(
-    output_uri: str,
-    *,
-    width: int,
-    height: int,
-    requested_size: str | None,
-    nbytes: int | None,
-    sha256: str | None,
-    model: str | None,
-    source_uris: list[str],
-    result: EditResult | None,
-) -> dict[str, Any]:
-    """The one place the XCom record's keys are written: small and JSON-safe, never image bytes."""
-    bucket, _, key = output_uri.removeprefix("s3://").partition("/")
-    return {
-        "output_uri": output_uri,
-        "bucket": bucket,
-        "key": key,
-        "width": width,
-        "height": height,
-        "requested_size": requested_size,
-        "size_matches": size_matches(requested_size, width, height),
-        "bytes": nbytes,
-        "sha256": sha256,
-        "model": model,
-        "source_uris": source_uris,
-        "revised_prompt": result.revised_prompt if result else None,
-        "usage": result.usage if result else None,
-        "request_id": result.request_id if result else None,
-        "attempts": result.attempts if result else 0,
-        "elapsed_s": result.elapsed_s if result else 0.0,
-        "skipped": result is None,
-    }
+# XCom keys that differ from the field names: ``bytes`` would shadow the builtin in the class body.
+_KEY_OF_FIELD = {"nbytes": "bytes"}
+
+
+@dataclass(frozen=True)
+class EditXCom:
+    """The edit task's return value: the one definition of its XCom keys, for writers and readers.
+
+    Small and JSON-safe, never image bytes. XCom can be changed through Airflow's REST API, so a
+    reader must not let it decide which object is read; it is a report, not a record of truth.
+    """
+
+    output_uri: str
+    width: int
+    height: int
+    requested_size: str | None
+    nbytes: int | None
+    sha256: str | None
+    model: str | None
+    source_uris: list[str]
+    revised_prompt: str | None = None
+    usage: dict[str, Any] | None = None
+    request_id: str | None = None
+    #: POSTs this task instance sent for the image, counted in the spend ledger (0 when skipped).
+    attempts: int = 0
+    elapsed_s: float = 0.0
+    #: True when the output already existed and this task paid nothing.
+    skipped: bool = False
+    #: Calls for this image that may have been billed, ever, across tries, runs and DAGs (the ledger's).
+    billed_calls: int = 0
+    #: The spend ledger's record of the output, when this task made or waited for it.
+    ledger_uri: str | None = None
+    aws_conn_id: str | None = None
+
+    @property
+    def bucket(self) -> str:
+        return self.output_uri.removeprefix("s3://").partition("/")[0]
+
+    @property
+    def key(self) -> str:
+        return self.output_uri.removeprefix("s3://").partition("/")[2]
+
+    @property
+    def size_matches(self) -> bool | None:
+        return size_matches(self.requested_size, self.width, self.height)
+
+    def to_xcom(self) -> dict[str, Any]:
+        value = {_KEY_OF_FIELD.get(f.name, f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**value, "bucket": self.bucket, "key": self.key, "size_matches": self.size_matches}
+
+    @classmethod
+    def from_xcom(cls, value: object) -> EditXCom | None:
+        """The record from an XCom value; None when it is not one (missing, or not an edit's)."""
+        if not isinstance(value, Mapping) or not isinstance(value.get("output_uri"), str):
+            return None
+        known = {
+            f.name: value[_KEY_OF_FIELD.get(f.name, f.name)]
+            for f in dataclasses.fields(cls)
+            if _KEY_OF_FIELD.get(f.name, f.name) in value
+        }
+        try:
+            return cls(**known)
+        except TypeError:  # a required field is missing
+            return None
+
+
+@dataclass(frozen=True)
+class EditFailure:
+    """Why one edit failed, pushed as the edit task's XCom ``failure`` (a failed task has no return value).
+
+    :param evidence_uri: where a paid but unusable answer was kept, for the provider's support.
+    """
+
+    source: Any
+    dest: Any
+    error: str | None
+    reason: str
+    aws_conn_id: str | None = None
+    evidence_uri: str | None = None
+    ledger_uri: str | None = None
+
+    @classmethod
+    def from_error(cls, source: Any, dest: Any, error: BaseException, **more: Any) -> EditFailure:
+        """Small and JSON-safe: the edit, the error class, the error's first line, cut short."""
+        reason = (str(error).strip().splitlines() or [""])[0]
+        if len(reason) > _MAX_REASON_CHARS:
+            reason = reason[:_MAX_REASON_CHARS] + "..."
+        return cls(source=source, dest=dest, error=type(error).__name__, reason=reason, **more)
+
+    def to_xcom(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_xcom(cls, value: object) -> EditFailure | None:
+        if not isinstance(value, Mapping) or "reason" not in value:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in value.items() if k in names})
+        except TypeError:
+            return None

@@ -13,7 +13,7 @@ from airflow_bettertoken.exceptions import BetterTokenInputError
 RESERVED_PREFIX = "_bettertoken/"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class S3Location:
     bucket: str
     key: str

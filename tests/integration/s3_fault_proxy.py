@@ -3,7 +3,10 @@
 It is a real server on loopback: boto3 talks to it as to any S3 endpoint (path-style, as botocore
 addresses an IP endpoint). moto applies no bucket policy and no IAM, so the proxy plays them:
 
-- ``fail_puts``: the next object PUTs fail (-1: all), with a 503 SlowDown or a 403 AccessDenied;
+- ``fail_puts``: the next object PUTs fail (-1: all), with a 503 SlowDown or a 403 AccessDenied; only
+  keys for which ``fails_key(key)`` is true fail: by default every key but the provider's own records
+  under ``_bettertoken/``;
+- ``lose_put_answers``: the next object PUTs are stored, but their answer is lost: the client sees a 503;
 - ``require_kms``: a bucket policy that denies uploads without ``x-amz-server-side-encryption: aws:kms``,
   answered with AWS's explicit-deny 403;
 - ``no_list_bucket``: a role without ``s3:ListBucket``: LISTs and bucket HEADs answer 403, and so does a
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -47,7 +51,10 @@ class S3FaultProxy:
         self.upstream = urlsplit(upstream)
         self.fail_puts = 0
         self.fail_with_access_denied = False
+        self.fails_key: Callable[[str], bool] = lambda key: not key.startswith("_bettertoken/")
         self.failed_puts = 0
+        #: The next this-many object PUTs are stored, but their answer is lost: the client sees a 503.
+        self.lose_put_answers = 0
         self.require_kms = False
         self.no_list_bucket = False
         self.ignore_conditional_writes = False
@@ -65,9 +72,9 @@ class S3FaultProxy:
                 proxy.requests.append((self.command, self.path))
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path, _, query = self.path.lstrip("/").partition("?")
-                bucket, _, key = path.partition("/")
+                bucket, _, key = unquote(path).partition("/")
                 is_object_put = self.command == "PUT" and bool(key) and "uploadId" not in query
-                if is_object_put and proxy.fail_puts != 0:
+                if is_object_put and proxy.fail_puts != 0 and proxy.fails_key(key):
                     if proxy.fail_puts > 0:
                         proxy.fail_puts -= 1
                     proxy.failed_puts += 1
@@ -103,6 +110,10 @@ class S3FaultProxy:
                 data = response.read()
                 reply_headers = {k: v for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP}
                 conn.close()
+                if is_object_put and proxy.lose_put_answers > 0 and proxy.fails_key(key):
+                    proxy.lose_put_answers -= 1
+                    self._reply(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
+                    return
                 if (
                     proxy.no_list_bucket
                     and key

@@ -8,6 +8,7 @@ The session ends with a summary line (see ``pytest_terminal_summary`` in conftes
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -25,8 +26,11 @@ from airflow.providers.common.compat.sdk import AirflowFailException
 from airflow_bettertoken.exceptions import BetterTokenError
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.protocol.png import verify_png
+from airflow_bettertoken.protocol.spend import OutputLedger
+from airflow_bettertoken.storage.ledger import RESERVED_PREFIX
 from airflow_bettertoken.testing.samples import sample_image
 from tests.broken_pngs import png_claiming, with_bad_crc
+from tests.deferral import execute_deferrable
 from tests.virtual_time import VirtualTime
 
 PNG = sample_image(160, 120)
@@ -57,7 +61,7 @@ API_CASES = [
     Case("02-429-retry-after-ms", "success", 1, 1, [{"status": 429, "headers": {"retry-after-ms": "50"}, "json": ERROR}], posts=2),
     Case("03-429-retry-after-http-date", "success", 1, 1, [{"status": 429, "headers": {"retry-after": "DATE+1"}, "json": ERROR}], posts=2),
     Case("04-retry-after-over-the-cap", "retry", 0, 0, [{"status": 429, "headers": {"retry-after": "3600"}, "json": ERROR}], posts=1),
-    Case("05-500-502-503-504-then-success", "success", 1, 1, [{"status": s, "json": ERROR} for s in (500, 502, 503, 504)], op={"api_retry": {"max_attempts": 5}}, posts=5),
+    Case("05-500-502-503-504-then-success", "success", 1, 1, [{"status": s, "json": ERROR} for s in (500, 502, 503, 504)], op={"api_retry": {"max_attempts": 5}, "max_billed_calls": 3}, posts=5),
     Case("06-408", "success", 1, 1, [{"status": 408, "json": ERROR}], posts=2),
     Case("07-connection-refused", "retry", 0, 0, conn={"host": "http://127.0.0.1:9/v1", "extra": {"max_attempts": 2}}, posts=0),
     Case("08-reset-before-any-answer", "success", 1, 1, [{"action": "reset"}], posts=2),
@@ -73,6 +77,13 @@ API_CASES = [
     Case("17-png-claiming-100000x100000", "fail", 1, 0, [answer(png_claiming(100_000, 100_000))], posts=1),
     Case("18-400-content-policy", "fail", 0, 0, [{"status": 400, "json": {"error": {"message": "Your request was rejected by the safety system.", "code": "moderation_blocked"}}}], posts=1),
     Case("19-401", "fail", 0, 0, [{"status": 401, "json": {"error": {"message": "Incorrect API key provided.", "code": "invalid_api_key"}}}], posts=1),
+    # Faults that cost money: the budget of 2 calls that may have been billed, then no more.
+    Case("45-cut-after-reading-twice", "fail", 2, 0, [{"action": "drop"}] * 2, posts=2),
+    Case("46-gateway-504-after-reading-twice", "fail", 2, 0, [{"action": "gateway_timeout"}] * 2, posts=2),
+    Case("47-truncated-png", "fail", 1, 0, [{"action": "truncated_png"}], posts=1),
+    Case("48-cut-once-then-success", "success", 2, 1, [{"action": "drop"}], posts=2),
+    Case("49-three-cuts-with-a-budget-of-four", "success", 4, 1, [{"action": "drop"}] * 3, op={"max_billed_calls": 4}, posts=4),
+    Case("50-429-and-503-cost-nothing-against-the-budget", "success", 1, 1, [{"status": 429, "json": ERROR}, {"status": 503, "json": ERROR}, {"status": 500, "json": ERROR}], posts=4),
 ]  # fmt: skip
 
 BAD_INPUT_CASES = [
@@ -120,7 +131,7 @@ def run_task(op_kwargs: dict[str, Any], context: dict[str, Any]) -> tuple[str, s
     """Build and run the operator as a task would; the outcome class and any error text."""
     try:
         op = BetterTokenImageEditOperator(task_id="edit", **op_kwargs)
-        op.execute(context)
+        execute_deferrable(op, context)
     except AirflowFailException as err:
         return "fail", "".join(traceback.format_exception(err))
     except BetterTokenError as err:
@@ -129,9 +140,11 @@ def run_task(op_kwargs: dict[str, Any], context: dict[str, Any]) -> tuple[str, s
 
 
 def dest_state(s3: Any, bucket: str) -> tuple[int, int]:
-    """(valid PNG objects, broken objects) in the output bucket."""
+    """(valid PNG objects, broken objects) in the output bucket, besides the provider's own records."""
     valid = broken = 0
     for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        if item["Key"].startswith(RESERVED_PREFIX):
+            continue
         try:
             verify_png(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
             valid += 1
@@ -140,13 +153,21 @@ def dest_state(s3: Any, bucket: str) -> tuple[int, int]:
     return valid, broken
 
 
+def ledger_billed_calls(s3: Any, bucket: str) -> int:
+    """The calls that may have been billed, as the spend ledgers in the output bucket counted them."""
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{RESERVED_PREFIX}ledger/").get("Contents", [])
+    ledgers = [json.loads(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()) for item in listed]
+    return sum(entry.billed_calls for doc in ledgers for entry in OutputLedger.from_json(doc).edits)
+
+
 @pytest.fixture
 def check_case(s3, buckets, emulator, api_key, capfd, fault_matrix):
-    """Assert a case's three facts and record it for the summary line."""
+    """Assert a case's facts and record it for the summary line."""
 
     def check(case_id, outcome, expected_outcome, paid, objects, posts=None, text=""):
         stats = emulator.stats()
         valid, broken = dest_state(s3, buckets.out)
+        billed = ledger_billed_calls(s3, buckets.out)
         printed = "".join(capfd.readouterr())
         lost = max(0, objects - valid)
         problems = []
@@ -158,6 +179,8 @@ def check_case(s3, buckets, emulator, api_key, capfd, fault_matrix):
             problems.append(f"{stats['posts']} POSTs, expected {posts}")
         if (valid, broken) != (objects, 0):
             problems.append(f"{valid} valid and {broken} broken objects, expected {objects} valid")
+        if billed < stats["paid"]:
+            problems.append(f"the ledger counted {billed} billed calls where {stats['paid']} were paid")
         if api_key in text or api_key in printed:
             problems.append("the API key was shown")
         fault_matrix.append(
@@ -211,29 +234,48 @@ def test_20_transient_upload_failure_is_retried(
     check_case("20-transient-upload-failure", outcome, "success", 1, 1, text=text)
 
 
-def test_21_permanent_upload_failure_keeps_the_paid_image(
+def test_21_permanent_upload_failure_keeps_the_paid_image_where_any_worker_finds_it(
+    s3, buckets, emulator, task_context, faulty_s3, check_case, tmp_path, virtual_time
+):
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    faulty_s3.fail_puts = -1  # the output's key only: the ledger and the kept copy can be written
+    op = {"prompt": "p", "source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png"}
+    first_worker = {"spill_dir": str(tmp_path / "worker-1")}
+    outcome, text = run_task(
+        {**op, **first_worker, "aws_conn_id": "aws_faulty", "upload_deadline": 30}, task_context
+    )
+
+    assert outcome == "retry"
+    assert sum(virtual_time.waits) <= 30 < sum(virtual_time.waits) + 30  # gave up at the deadline
+    assert f"It is kept at s3://{buckets.out}/_bettertoken/spill/a.png." in text
+    assert "a retry on any worker uploads it without paying again" in text
+    assert not (tmp_path / "worker-1").exists()  # nothing on the worker's own disk
+    # S3 heals; Airflow retries the task on another worker: the kept image is uploaded, nothing is paid.
+    outcome, text = run_task({**op, "spill_dir": str(tmp_path / "worker-2")}, task_context)
+    assert not s3.list_objects_v2(Bucket=buckets.out, Prefix="_bettertoken/spill/").get("Contents")
+    check_case(
+        "21-permanent-upload-failure-then-retry-elsewhere", outcome, "success", 1, 1, posts=1, text=text
+    )
+
+
+def test_21c_when_s3_refuses_the_kept_copy_too_the_image_stays_on_the_worker(
     s3, buckets, emulator, task_context, faulty_s3, check_case, tmp_path, virtual_time
 ):
     s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
     faulty_s3.fail_puts = -1
-    op = {
-        "prompt": "p",
-        "source": f"s3://{buckets.src}/a.png",
-        "dest": f"s3://{buckets.out}/a.png",
-        "spill_dir": str(tmp_path),
-    }
+    faulty_s3.fails_key = lambda key: key == "a.png" or key.startswith("_bettertoken/spill/")
+    op = {"prompt": "p", "source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png"}
+    op["spill_dir"] = str(tmp_path)
     outcome, text = run_task({**op, "aws_conn_id": "aws_faulty", "upload_deadline": 30}, task_context)
 
     assert outcome == "retry"
-    assert sum(virtual_time.waits) <= 30 < sum(virtual_time.waits) + 30  # gave up at the deadline
-    assert "a rerun on this worker uploads it without paying again" in text
     [spilled] = tmp_path.glob("*.png")
-    assert str(spilled) in text
+    assert str(spilled) in text and "a rerun on this worker uploads it without paying again" in text
     assert verify_png(spilled.read_bytes())
     # S3 heals; Airflow retries the task on the same worker: the spilled image is uploaded, nothing is paid.
     outcome, text = run_task(op, task_context)
     assert list(tmp_path.glob("*.png")) == []
-    check_case("21-permanent-upload-failure-then-rerun", outcome, "success", 1, 1, posts=1, text=text)
+    check_case("21c-upload-and-kept-copy-refused-then-rerun", outcome, "success", 1, 1, posts=1, text=text)
 
 
 def test_21b_access_denied_on_upload_keeps_the_image_at_once(
@@ -251,8 +293,7 @@ def test_21b_access_denied_on_upload_keeps_the_image_at_once(
 
     assert faulty_s3.failed_puts == 1  # a 403 is not retried for ten minutes
     assert "AccessDenied" in text
-    [spilled] = tmp_path.glob("*.png")
-    assert verify_png(spilled.read_bytes())
+    assert f"kept at s3://{buckets.out}/_bettertoken/spill/a.png." in text
     check_case("21b-access-denied-on-upload", outcome, "retry", 1, 0, posts=1, text=text)
 
 
@@ -262,9 +303,11 @@ def test_22_two_tasks_writing_the_same_dest_at_once(s3, buckets, emulator, task_
     emulator.configure(latency=2)
     op = {"prompt": "p", "source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png"}
     results: list[dict[str, Any]] = []
+    waited: list[Any] = []
 
     def run() -> None:
-        results.append(BetterTokenImageEditOperator(task_id="edit", **op).execute(task_context))
+        operator = BetterTokenImageEditOperator(task_id="edit", **op)
+        results.append(execute_deferrable(operator, task_context, waited))
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:
@@ -273,9 +316,11 @@ def test_22_two_tasks_writing_the_same_dest_at_once(s3, buckets, emulator, task_
         thread.join()
 
     assert len(results) == 2
-    assert sorted(r["skipped"] for r in results) == [False, True]  # the loser reports the winner's object
+    # The second waited in the trigger for the first's claim, then reported the first's image: one POST.
+    assert len(waited) == 1
+    assert sorted(r["skipped"] for r in results) == [False, True]
     assert results[0]["sha256"] == results[1]["sha256"]
-    check_case("22-two-tasks-same-dest", "success", "success", 2, 1)
+    check_case("22-two-tasks-same-dest", "success", "success", 1, 1, posts=1)
 
 
 def test_23_airflow_retry_after_a_success_does_not_pay_again(s3, buckets, emulator, task_context, check_case):
@@ -309,11 +354,22 @@ def test_24_task_killed_mid_request_then_retried(s3, buckets, emulator, task_con
         time.sleep(0.05)
     child.kill()  # SIGKILL: no cleanup, like a worker that dies
     child.wait()
+    killed_at = time.monotonic()
     emulator.configure(latency=0)
 
     outcome, text = run_task({"prompt": "p", "source": source, "dest": dest}, task_context)
 
-    keys = [r["idempotency_key"] for r in emulator.stats()["requests"]]
-    assert len(keys) == 2 and keys[0] == keys[1], "the retry must send the same Idempotency-Key"
+    # The retry waited for the dead task's claim to lapse (claim_seconds=6 in the tests) before paying.
+    [first, retry] = emulator.stats()["requests"]
+    assert first["idempotency_key"] == retry["idempotency_key"], "the retry must send the same key"
+    assert time.monotonic() - killed_at >= 3
+    [ledger] = [
+        OutputLedger.from_json(
+            json.loads(s3.get_object(Bucket=buckets.out, Key="_bettertoken/ledger/a.png.json")["Body"].read())
+        )
+    ]
+    [entry] = ledger.edits
+    assert [a.outcome.value for a in entry.attempts] == ["maybe billed", "paid"]
+    assert "stopped renewing its claim" in entry.attempts[0].cause
     # The killed request was generated (and billed) anyway: one extra POST at most.
     check_case("24-task-killed-mid-request", outcome, "success", 2, 1, posts=2, text=text)

@@ -18,7 +18,7 @@ JPEG = sample_image(200, 300, "jpg", seed=1)
 XCOM_KEYS = {
     "output_uri", "bucket", "key", "width", "height", "requested_size", "size_matches", "bytes", "sha256",
     "model", "source_uris", "revised_prompt", "usage", "request_id", "attempts", "elapsed_s", "skipped",
-    "aws_conn_id",
+    "aws_conn_id", "billed_calls", "ledger_uri",
 }  # fmt: skip
 
 
@@ -139,12 +139,15 @@ def test_a_size_mismatch_can_fail_the_task_keeping_the_image(s3, buckets, emulat
     op = {"source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png", "size": "2048x2048"}
     with pytest.raises(AirflowFailException, match="asked for 2048x2048, got 2000x2000") as info:
         edit(**op, on_size_mismatch="fail", spill_dir=str(tmp_path)).execute(task_context)
-    [kept] = tmp_path.glob("*.png")
-    assert str(kept) in str(info.value)
-    assert "Contents" not in s3.list_objects_v2(Bucket=buckets.out)
-    # Accepting the size later uploads the kept image instead of paying again.
+    # Kept in S3 beside the spend ledger, where a retry on any worker finds it; not on this disk.
+    kept = f"s3://{buckets.out}/_bettertoken/spill/a.png."
+    assert kept in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    assert not s3.list_objects_v2(Bucket=buckets.out, Prefix="a.png").get("Contents")
+    # Accepting the size later uploads the kept image instead of paying again, and drops the copy.
     xcom = edit(**op, on_size_mismatch="record", spill_dir=str(tmp_path)).execute(task_context)
     assert (xcom["width"], emulator.stats()["paid"]) == (2000, 1)
+    assert not s3.list_objects_v2(Bucket=buckets.out, Prefix="_bettertoken/spill/").get("Contents")
 
 
 def test_two_sources_for_one_output_are_caught(s3, buckets, emulator, task_context):

@@ -54,6 +54,16 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
         "width": 1536,
         "height": 1008,
     }
+    # The spend comes from the outputs' ledgers: one POST per image, each paid and stored.
+    assert manifest["spend"] == {
+        "posts": 8,
+        "paid": 8,
+        "maybe_billed": 0,
+        "images_stored": 8,
+        "billed_without_image": 0,
+        "stopped_by_budget": 0,
+        "stopped_by_run": 0,
+    }
     assert manifest["usage"] == {
         "input_tokens": 8 * 150,
         "output_tokens": 8 * 1000,
@@ -86,7 +96,8 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
     assert manifests[run.run_id]["counts"] == manifest["counts"]
     assert manifests[rerun.run_id]["counts"] == {"planned": 0, "done": 0, "skipped": 0, "failed": 0}
     summary = read_json(s3, buckets.out, "catalog-edited/_manifest.json")
-    assert (summary["runs"], summary["images_done"], summary["api_attempts"]) == (2, 8, 8)
+    assert (summary["runs"], summary["images_done"], summary["spend"]["posts"]) == (2, 8, 8)
+    assert summary["spend"] == manifest["spend"]  # the rerun spent nothing
     assert summary["usage"]["total_tokens"] == 8 * 1150
     assert summary["latest_run"]["run_id"] == rerun.run_id
     assert summary["last_failures"] == []

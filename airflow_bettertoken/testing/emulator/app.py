@@ -38,6 +38,11 @@ from airflow_bettertoken.testing.emulator.service_spec import (
     sniff_image_type,
 )
 
+# The faults "drop" (the connection closes once the request was read), "gateway_timeout" (a 504
+# after it was read) and "truncated_png" (a 200 whose PNG is cut short) each leave the client without
+# an image that the real service made and billed: each counts in the ledger's ``paid``.
+GATEWAY_TIMEOUT_PAGE = b"<html><head><title>504 Gateway Time-out</title></head><body>504</body></html>"
+
 
 @dataclass
 class EmulatorConfig:
@@ -274,6 +279,14 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             if fault and fault.get("action") == "reset":
                 ledger.paid += bool(fault.get("paid", False))
                 return ResetResponse()
+            if fault and fault.get("action") in ("drop", "gateway_timeout"):
+                # The service read the request and made the image (and billed it); the client gets none.
+                ledger.paid += 1
+                await asyncio.sleep(float(fault.get("seconds", 0)))
+                if fault["action"] == "drop":
+                    return ResetResponse()
+                if fault["action"] == "gateway_timeout":
+                    return Response(GATEWAY_TIMEOUT_PAGE, status_code=504, media_type="text/html")
             if fault and "action" not in fault:
                 ledger.paid += bool(fault.get("paid", int(fault.get("status", 200)) == 200))
                 return _fault_response(fault)
@@ -291,6 +304,10 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 },
             }
             headers = {"x-request-id": f"req_{uuid.uuid4().hex[:16]}"}
+            if fault and fault.get("action") == "truncated_png":
+                cut = base64.b64encode(png[: len(png) // 2]).decode()
+                body["data"][0]["b64_json"] = cut
+                return JSONResponse(body, headers=headers)
             if fault and fault.get("action") == "truncate":
                 return TruncatedResponse(
                     json.dumps(body).encode(), headers=headers, media_type="application/json"
