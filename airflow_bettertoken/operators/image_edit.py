@@ -20,6 +20,7 @@ from airflow_bettertoken.exceptions import (
     BetterTokenOutputExistsError,
     BetterTokenResponseError,
     BetterTokenSizeMismatchError,
+    BetterTokenStorageError,
     BetterTokenUploadError,
     fail_task_on_permanent_error,
 )
@@ -428,7 +429,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         """Keep a paid image that is not in the output: in S3 if it can be, else on this worker's disk."""
         try:
             return ledger.spill(result, result.s3_metadata(prompt, source_uris))
-        except (ClientError, BotoCoreError) as err:
+        except (BetterTokenStorageError, ClientError, BotoCoreError) as err:
             self.log.warning("Could not keep the paid image in S3 (%s); keeping it on this worker", err)
             return str(SpillDir(self.spill_dir).save(digest, result))
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 
 #: botocore's standard mode, for connections that do not choose their own retries.
 STANDARD_RETRIES = {"mode": "standard"}
+
+# One client per hook, shared by every S3IO made from it (a run's manifest reads a thousand ledgers,
+# each through its own record), as S3Hook caches its own; made under a lock, since threads share it.
+_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_clients_lock = threading.Lock()
 
 
 def upload_policy(deadline: float) -> RetryPolicy:
@@ -133,10 +140,14 @@ class S3IO:
         """
         from botocore.config import Config
 
-        config = self.s3_hook.config
-        if not config.retries:
-            config = config.merge(Config(retries=STANDARD_RETRIES))
-        client = self.s3_hook.get_client_type(region_name=self.s3_hook.region_name, config=config)
+        with _clients_lock:
+            client = _clients.get(self.s3_hook)
+            if client is None:
+                config = self.s3_hook.config
+                if not config.retries:
+                    config = config.merge(Config(retries=STANDARD_RETRIES))
+                client = self.s3_hook.get_client_type(region_name=self.s3_hook.region_name, config=config)
+                _clients[self.s3_hook] = client
         self.extra_args.check_values(client.meta.service_model)
         return client
 

@@ -16,7 +16,7 @@ import pytest
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import AirflowFailException
 
-from airflow_bettertoken.exceptions import BetterTokenStorageError, BetterTokenUploadError
+from airflow_bettertoken.exceptions import BetterTokenStorageError
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
@@ -105,6 +105,10 @@ def test_with_s3_extra_args_dag_wide_every_object_is_stored_with_kms(
     assert emulator.stats()["paid"] == 3
     stored = objects(s3, catalog.out)
     assert stored == [
+        # The spend ledger's records are written with the same arguments.
+        "_bettertoken/ledger/edited/item-0.png.json",
+        "_bettertoken/ledger/edited/item-1.png.json",
+        "_bettertoken/ledger/edited/item-2.png.json",
         "edited/_manifest.json",
         "edited/_manifests/manual__test.json",
         "edited/item-0.png",
@@ -117,11 +121,11 @@ def test_with_s3_extra_args_dag_wide_every_object_is_stored_with_kms(
     assert verify_png(s3.get_object(Bucket=catalog.out, Key="edited/item-0.png")["Body"].read())
 
 
-def test_a_single_edit_into_a_kms_bucket_keeps_the_paid_image_and_names_the_fix(
+def test_a_single_edit_into_a_kms_bucket_fails_before_paying_and_names_the_fix(
     s3, buckets, emulator, faulty_s3, task_context, tmp_path
 ):
-    """Without the listing's preflight the edit pays first: the refused upload is not retried, and the
-    image waits in the spill directory for the task's retry, once s3_extra_args is set."""
+    """Without the listing's preflight, the spend ledger's first write, made before the paid call,
+    meets the policy: the edit fails for good with the fix, and nothing is paid."""
     s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
     faulty_s3.require_kms = True
     op = {"prompt": "p", "source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/a.png"}
@@ -129,19 +133,16 @@ def test_a_single_edit_into_a_kms_bucket_keeps_the_paid_image_and_names_the_fix(
         task_id="edit", aws_conn_id="aws_faulty", spill_dir=str(tmp_path), **op
     )
 
-    with pytest.raises(BetterTokenUploadError) as info:
+    with pytest.raises(AirflowFailException) as info:
         edit.execute(task_context)
     assert "Waiting does not fix this, so it was not retried" in str(info.value)
     assert "a bucket policy may require server-side encryption" in str(info.value)
-    assert [path for method, path in faulty_s3.requests if method == "PUT"] == [f"/{buckets.out}/a.png"]
+    assert emulator.stats()["posts"] == 0
 
     fixed = BetterTokenImageEditOperator(
         task_id="edit", aws_conn_id="aws_faulty", spill_dir=str(tmp_path), s3_extra_args=KMS, **op
     ).execute(task_context)
-    assert (fixed["skipped"], emulator.stats()["paid"]) == (
-        False,
-        1,
-    )  # uploaded from the spill: no new payment
+    assert (fixed["skipped"], emulator.stats()["paid"]) == (False, 1)
     assert s3.head_object(Bucket=buckets.out, Key="a.png")["ServerSideEncryption"] == "aws:kms"
 
 

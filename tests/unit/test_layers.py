@@ -95,7 +95,7 @@ print(sorted(m for m in added if m.split(".")[0] in tools or m.startswith(tools[
 def test_the_emulator_imports_nothing_from_the_client(path):
     """The emulator takes what the service accepts from its own table (service_spec.py), written from the
     service's page: if it imported the client's constants it could never disagree with the client."""
-    client = {"protocol", "hooks", "storage", "operators", "plugins", "exceptions"}
+    client = {"protocol", "hooks", "storage", "triggers", "operators", "plugins", "exceptions"}
     for name in _imports(path):
         parts = name.split(".")
         assert not (parts[0] == "airflow_bettertoken" and len(parts) > 1 and parts[1] in client), (
