@@ -15,7 +15,7 @@ from airflow_bettertoken.protocol.png import read_png_header
 from airflow_bettertoken.protocol.retry import Timing
 from airflow_bettertoken.protocol.wire import MAX_IMAGE_BYTES, check_image
 from airflow_bettertoken.storage.findings import StoreCheck
-from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
 from airflow_bettertoken.storage.s3_errors import hidden_object_text
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 from airflow_bettertoken.storage.s3_io import S3IO, BucketAccess, Presence, upload_policy
@@ -92,7 +92,8 @@ class ImageStore:
         The probe object is written with the ``s3_extra_args`` (so a policy that requires encryption is
         met or refused here), read back (the edits need ``s3:GetObject`` to find finished outputs),
         written again create-only (S3 must refuse that: a store that accepts it ignores conditional
-        writes), and deleted.
+        writes), and deleted; then a second one, written, read back and deleted under
+        ``_bettertoken/spill/``, where the spend ledger keeps its records and the paid images it keeps.
 
         :raises BetterTokenInputError: when the bucket does not exist.
         :raises BetterTokenStorageError: naming what S3 refused and the permission or setting to fix.
@@ -105,19 +106,26 @@ class ImageStore:
                 "see it; create the bucket or fix the dest prefix"
             )
         probe = S3Location(prefix.bucket, prefix.key + _PROBE_NAME)
+        self._write_and_read_back(probe, "to find finished outputs without paying for them again")
+        conditional_writes = not self.io.put(probe, b"", if_none_match=True).written
+        self.io.delete(probe)
+        # The spend ledger and the paid images kept aside live under _bettertoken/ in the same bucket.
+        reserved = S3Location(prefix.bucket, f"{RESERVED_PREFIX}spill/{prefix.key}{_PROBE_NAME}")
+        self._write_and_read_back(reserved, "for the spend ledger, which is written before each paid call")
+        self.io.delete(reserved)
+        return StoreCheck(prefix.uri, conditional_writes, access is BucketAccess.FOUND)
+
+    def _write_and_read_back(self, probe: S3Location, why: str) -> None:
         self.io.put(probe, b"")
         if self.io.head(probe).presence is not Presence.FOUND:
+            folder = probe.key.rsplit("/", 1)[0] + "/" if "/" in probe.key else ""
             raise BetterTokenStorageError(
-                f"connection {conn!r} wrote {probe.uri} but may not read it back: the edits need "
-                f"s3:GetObject on arn:aws:s3:::{prefix.bucket}/{prefix.key}* to find finished outputs "
-                "without paying for them again",
+                f"connection {self.io.conn_id!r} wrote {probe.uri} but may not read it back: the edits "
+                f"need s3:GetObject on arn:aws:s3:::{probe.bucket}/{folder}* {why}",
                 operation="HeadObject",
                 uri=probe.uri,
                 status=403,
             )
-        conditional_writes = not self.io.put(probe, b"", if_none_match=True).written
-        self.io.delete(probe)
-        return StoreCheck(prefix.uri, conditional_writes, access is BucketAccess.FOUND)
 
     def read_source(self, location: S3Location) -> tuple[str, bytes]:
         """A reference image as ``(filename, bytes)``, checked to be a PNG, JPEG or WEBP of at most 50 MB."""

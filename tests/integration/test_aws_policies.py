@@ -146,6 +146,20 @@ def test_a_single_edit_into_a_kms_bucket_fails_before_paying_and_names_the_fix(
     assert s3.head_object(Bucket=buckets.out, Key="a.png")["ServerSideEncryption"] == "aws:kms"
 
 
+def test_a_role_that_may_not_write_the_ledger_fails_the_listing_before_paying(
+    s3, catalog, emulator, faulty_s3, task_context
+):
+    """A policy that grants the outputs' prefix but not _bettertoken/ would fail every edit, one by one."""
+    faulty_s3.fail_puts, faulty_s3.fail_with_access_denied = -1, True
+    faulty_s3.fails_key = lambda key: key.startswith("_bettertoken/")
+
+    message = error_text(lambda: listing(catalog).execute(task_context))
+
+    assert f"needs s3:PutObject on arn:aws:s3:::{catalog.out}/_bettertoken/spill/edited/" in message
+    assert emulator.stats()["posts"] == 0
+    assert objects(s3, catalog.out) == []
+
+
 # A least-privilege role without s3:ListBucket.
 
 
