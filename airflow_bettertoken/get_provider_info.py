@@ -46,6 +46,12 @@ def get_provider_info() -> dict:
                 "python-modules": ["airflow_bettertoken.operators.image_edit"],
             }
         ],
+        "triggers": [
+            {
+                "integration-name": "BetterToken",
+                "python-modules": ["airflow_bettertoken.triggers.claim"],
+            }
+        ],
         "extra-links": [
             "airflow_bettertoken.operators._links.OutputImageLink",
             "airflow_bettertoken.operators._links.SourceImagesLink",

@@ -62,9 +62,9 @@ def require_nginx() -> str:
 class Nginx:
     """nginx listening on 127.0.0.1, proxying to ``upstream_port`` with a read timeout in seconds."""
 
-    def __init__(self, upstream_port: int, read_timeout: float) -> None:
+    def __init__(self, upstream_port: int, read_timeout: float, port: int | None = None) -> None:
         self.binary = require_nginx()
-        self.port = free_port()
+        self.port = port or free_port()
         self.home = Path(tempfile.mkdtemp(prefix="bettertoken-nginx-"))
         config = CONFIG.format(
             home=self.home, port=self.port, upstream=upstream_port, read_timeout=read_timeout

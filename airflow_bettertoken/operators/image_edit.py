@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import Asset, AssetAlias, BaseOperator, Stats
-from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_bettertoken.exceptions import (
     BetterTokenBudgetError,
@@ -379,12 +378,13 @@ class BetterTokenImageEditOperator(BaseOperator):
         digest: str,
     ) -> EditXCom:
         """Apply the size policy and upload the PNG; keep it where a retry finds it if that fails."""
+        metadata = result.s3_metadata(prompt, source_uris)
         if result.size_matches is False:
             message = (
                 f"asked for {result.requested_size}, got {result.width}x{result.height} for {output.uri}"
             )
             if self.on_size_mismatch == "fail":
-                where = self._keep(result, prompt, source_uris, ledger, digest)
+                where = ledger.keep(result, metadata, SpillDir(self.spill_dir), digest)
                 raise BetterTokenSizeMismatchError(
                     f"{message}; on_size_mismatch='fail'. "
                     f"The image (sha256 {result.sha256}) is kept at {where}"
@@ -392,7 +392,6 @@ class BetterTokenImageEditOperator(BaseOperator):
             Stats.incr("bettertoken.output.size_mismatch")
             if self.on_size_mismatch == "warn":
                 self.log.warning("Size mismatch: %s", message)
-        metadata = result.s3_metadata(prompt, source_uris)
         try:
             written = self.store.put_png(
                 output,
@@ -402,7 +401,7 @@ class BetterTokenImageEditOperator(BaseOperator):
                 deadline=self.upload_deadline,
             )
         except UploadFailed as err:
-            where = self._keep(result, prompt, source_uris, ledger, digest)
+            where = ledger.keep(result, metadata, SpillDir(self.spill_dir), digest)
             raise BetterTokenUploadError(
                 f"could not write the paid image to {output.uri} ({err}). It is kept at {where} "
                 f"(sha256 {result.sha256}); {_WHO_FINDS_IT[where.startswith('s3://')]}"
@@ -421,24 +420,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         ledger.stored(result.sha256)
         SpillDir(self.spill_dir).discard(digest)
         self.log.info("Wrote %s: %dx%d, %d bytes", output.uri, result.width, result.height, len(result.png))
-        return result.to_xcom(output.uri, source_uris, **self._spend(ledger))
-
-    def _keep(
-        self, result: EditResult, prompt: str, source_uris: list[str], ledger: SpendLedger, digest: str
-    ) -> str:
-        """Keep a paid image that is not in the output: in S3 if it can be, else on this worker's disk."""
-        try:
-            return ledger.spill(result, result.s3_metadata(prompt, source_uris))
-        except (BetterTokenStorageError, ClientError, BotoCoreError) as err:
-            self.log.warning("Could not keep the paid image in S3 (%s); keeping it on this worker", err)
-            return str(SpillDir(self.spill_dir).save(digest, result))
-
-    @staticmethod
-    def _spend(ledger: SpendLedger) -> dict[str, Any]:
-        """The XCom's spend figures, read from the ledger: this task instance's POSTs, and the image's."""
-        entry = ledger.entry
-        mine = [a for a in entry.attempts if a.sent and a.by.same_task_instance(ledger.holder)]
-        return {"attempts": len(mine), "billed_calls": entry.billed_calls, "ledger_uri": ledger.uri}
+        return result.to_xcom(output.uri, source_uris, **ledger.xcom_figures())
 
     def _existing_result(self, output: S3Location, head: dict, source_uris: list[str]) -> EditXCom:
         """XCom for an output that exists: the metadata on the object, or its PNG header if it has none."""

@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from airflow_bettertoken.exceptions import BetterTokenBudgetError, BetterTokenStorageError
 from airflow_bettertoken.protocol.result import EditResult
 from airflow_bettertoken.protocol.spend import (
@@ -44,6 +46,7 @@ from airflow_bettertoken.protocol.spend import (
 from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
 from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.s3_io import S3IO
+from airflow_bettertoken.storage.spill import SpillDir
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -142,6 +145,8 @@ class SpendLedger:
         self._renewer: threading.Thread | None = None
         self._lost_claim = False
         self._open_call: int | None = None
+        self._calls_sent = 0
+        self._breaker_state: RunBreaker | None = None
         #: The ledger as this edit last read or wrote it.
         self.ledger: OutputLedger | None = None
         #: Where the last unusable paid answer was kept.
@@ -163,10 +168,8 @@ class SpendLedger:
 
         A stopped run and a spent budget are written down as refusals.
         """
-        breaker = self._read_breaker()
-        if breaker is not None and breaker.tripped:
-            self._refuse("run")
-            return SendDecision(Verdict.REFUSE, breaker.stop_reason())
+        if self._run_stopped():
+            return SendDecision(Verdict.REFUSE, self._breaker_state.stop_reason())
         decisions: list[SendDecision] = []
 
         def take(ledger: OutputLedger, now: float) -> OutputLedger | None:
@@ -204,10 +207,10 @@ class SpendLedger:
                 f"not sent: this task's claim on {self.output.uri} lapsed and another task took the output "
                 f"over ({self.uri})"
             )
-        breaker = self._read_breaker()
-        if breaker is not None and breaker.tripped:
-            self._refuse("run")
-            raise BetterTokenBudgetError(breaker.stop_reason())
+        # The first call follows begin(), which has just read the breaker; later ones read it again.
+        if self._calls_sent and self._run_stopped():
+            raise BetterTokenBudgetError(self._breaker_state.stop_reason())
+        self._calls_sent += 1
         refused: list[str] = []
 
         def open_call(ledger: OutputLedger, now: float) -> OutputLedger:
@@ -265,15 +268,17 @@ class SpendLedger:
     # -- the image after it was paid for ----------------------------------------------------------------
 
     def stored(self, sha256: str) -> None:
-        """The image is the output now; a spilled copy of it is no longer needed."""
+        """The image is the output now: release the claim; a spilled copy of it is no longer needed."""
         spilled = self.entry.spilled_uri
 
         def store(ledger: OutputLedger, now: float) -> OutputLedger:
             entry = ledger.entry(self.edit_id)
             stored = Stored(sha256=sha256, at=now, by=self.holder)
-            return ledger.with_entry(
+            ledger = ledger.with_entry(
                 dataclasses.replace(entry, stored=stored, spilled_uri=None, spilled_result=None)
             )
+            # The output exists now, so the claim is of no more use: released in the same write.
+            return ledger.with_claim(None) if self._holds(ledger) else ledger
 
         self._change(store)
         if spilled:
@@ -304,6 +309,21 @@ class SpendLedger:
             return None  # deleted once stored; a 403 is read as that too (no s3:ListBucket)
         return EditResult.from_spill_record(found.body, entry.spilled_result)
 
+    def keep(self, result: EditResult, metadata: Mapping[str, str], local: SpillDir, digest: str) -> str:
+        """Keep a paid image that is not in its output: in S3 beside the ledger if S3 takes it, else
+        in the worker's spill directory. Where it is: an ``s3://`` URI or a local path."""
+        try:
+            return self.spill(result, metadata)
+        except (BetterTokenStorageError, ClientError, BotoCoreError) as err:
+            log.warning("Could not keep the paid image in S3 (%s); keeping it on this worker", err)
+            return str(local.save(digest, result))
+
+    def xcom_figures(self) -> dict[str, Any]:
+        """The spend figures of the edit task's XCom: this task instance's POSTs, and the image's."""
+        entry = self.entry
+        mine = [a for a in entry.attempts if a.sent and a.by.same_task_instance(self.holder)]
+        return {"attempts": len(mine), "billed_calls": entry.billed_calls, "ledger_uri": self.uri}
+
     @property
     def diagnosis(self) -> str | None:
         """The likely cause of this edit's billed calls, when they have one in common."""
@@ -312,8 +332,9 @@ class SpendLedger:
 
     @property
     def last_call_was_cut(self) -> bool:
-        attempts = self.entry.attempts
-        return bool(attempts) and attempts[-1].was_cut
+        """Whether this edit's try ended in a call that was cut after it was sent."""
+        mine = [a for a in self.entry.attempts if a.token == self.token]
+        return bool(mine) and mine[-1].was_cut
 
     # -- inside ---------------------------------------------------------------------------------------
 
@@ -360,9 +381,14 @@ class SpendLedger:
             return None
         return location.uri
 
-    def _read_breaker(self) -> RunBreaker | None:
+    def _run_stopped(self) -> bool:
+        """Read the run's breaker; if it has tripped, write this edit's refusal down."""
         document = self._breaker.read()
-        return RunBreaker.from_json(document) if document else None
+        self._breaker_state = RunBreaker.from_json(document) if document else None
+        if self._breaker_state is None or not self._breaker_state.tripped:
+            return False
+        self._refuse("run")
+        return True
 
     def _tell_breaker(self, cut: bool) -> None:
         diagnosis = self.diagnosis

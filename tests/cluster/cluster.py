@@ -1,5 +1,6 @@
 """A real Airflow 3 cluster on this machine: PostgreSQL, Redis, the API server, the scheduler,
-the DAG processor and two Celery workers, with the emulator and moto's S3 server as stubs.
+the DAG processor, the triggerer and two Celery workers, with the emulator (behind a real nginx,
+as a gateway would be) and moto's S3 server as stubs.
 
 Every process gets its own process group, so that one worker can be killed whole and every
 process can be stopped by id, whatever happened.
@@ -21,6 +22,7 @@ from pathlib import Path
 import psutil
 import psycopg2
 
+from tests.nginx import Nginx
 from tests.ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +31,8 @@ REDIS = ("127.0.0.1", 6379)
 REDIS_DB = 11  # a database of its own, emptied before the cluster starts
 EMULATOR_LATENCY = 2.0
 WORKER_CONCURRENCY = 4
+# A gateway that lets every edit through, as one whose timeout is set right; run 5 shortens it.
+GATEWAY_TIMEOUT = 60
 
 
 @dataclass
@@ -37,7 +41,9 @@ class Cluster:
     database: str = field(default_factory=lambda: f"bettertoken_cluster_{secrets.token_hex(4)}")
     api_key: str = field(default_factory=lambda: f"sk-cluster-{secrets.token_hex(12)}", repr=False)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    commands: dict[str, tuple[tuple[str, ...], dict[str, str]]] = field(default_factory=dict)
     peak_memory: dict[str, int] = field(default_factory=dict)
+    gateway: Nginx | None = None
 
     def start(self) -> None:
         self.home = self.logs / "airflow-home"
@@ -45,6 +51,7 @@ class Cluster:
         self._create_database()
         self._flush_redis()
         self.emulator_port, self.s3_port, self.api_port = free_port(), free_port(), free_port()
+        self.gateway = Nginx(self.emulator_port, read_timeout=GATEWAY_TIMEOUT).__enter__()
         self.env = self._environment()
         self._spawn(
             "emulator",
@@ -62,6 +69,7 @@ class Cluster:
         )
         self._spawn("scheduler", "-m", "airflow", "scheduler")
         self._spawn("dag-processor", "-m", "airflow", "dag-processor")
+        self._spawn("triggerer", "-m", "airflow", "triggerer")
         for number in (1, 2):
             name = f"worker{number}"
             self._spawn(
@@ -104,7 +112,7 @@ class Cluster:
             "AIRFLOW_CONN_BETTERTOKEN_DEFAULT": json.dumps(
                 {
                     "conn_type": "bettertoken",
-                    "host": f"http://127.0.0.1:{self.emulator_port}/v1",
+                    "host": f"{self.gateway.url}/v1",
                     "password": self.api_key,
                     "extra": {"backoff_initial": 0.5},
                 }
@@ -120,7 +128,8 @@ class Cluster:
         }
 
     def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (closed when the process is reaped)
+        self.commands[name] = (args, env or {})
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (closed when the process is reaped)
         self.processes[name] = subprocess.Popen(
             [sys.executable, *args],
             env={**self.env, **(env or {})},
@@ -158,8 +167,23 @@ class Cluster:
                 raise TimeoutError(f"{dag_id} was not parsed within {timeout} s")
             time.sleep(1)
 
-    def trigger(self, dag_id: str, run_id: str, conf: dict) -> None:
-        self.airflow("dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf))
+    def trigger(self, dag_id: str, run_id: str, conf: dict, logical_date: str | None = None) -> None:
+        date = ("--logical-date", logical_date) if logical_date else ()
+        self.airflow("dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf), *date)
+
+    def restart(self, name: str) -> None:
+        """Stop a component gracefully (SIGTERM, as a deploy does) and start it again."""
+        process = self.processes[name]
+        self._signal(process, signal.SIGTERM)
+        process.wait(timeout=60)
+        args, env = self.commands[name]
+        self._spawn(name, *args, env=env)
+
+    def restart_gateway(self, read_timeout: float) -> None:
+        """The gateway again, on the same port, with another read timeout."""
+        port = self.gateway.port
+        self.gateway.__exit__()
+        self.gateway = Nginx(self.emulator_port, read_timeout=read_timeout, port=port).__enter__()
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float, on_tick=None) -> str:
         deadline = time.monotonic() + timeout
@@ -234,6 +258,8 @@ class Cluster:
             if process.poll() is None:
                 self._signal(process, signal.SIGKILL)
                 process.wait(timeout=10)
+        if self.gateway is not None:
+            self.gateway.__exit__()
         self._drop_database()
 
     @staticmethod

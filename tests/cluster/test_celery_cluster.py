@@ -20,6 +20,7 @@ import boto3
 import pytest
 
 from airflow_bettertoken.protocol.png import verify_png
+from airflow_bettertoken.protocol.spend import CUT_STREAK_LIMIT, DEFAULT_CLAIM_SECONDS, OutputLedger
 from airflow_bettertoken.testing.emulator.server import EmulatorControl
 from airflow_bettertoken.testing.samples import sample_image
 from tests.cluster.cluster import EMULATOR_LATENCY, PG, REDIS, WORKER_CONCURRENCY, Cluster
@@ -55,8 +56,8 @@ def cluster(request):
     require_services()
     announce(
         request,
-        "starting PostgreSQL-backed Airflow (api-server, scheduler, dag-processor, 2 Celery workers), "
-        "the emulator and moto; 3 runs follow, about 7 minutes",
+        "starting PostgreSQL-backed Airflow (api-server, scheduler, dag-processor, triggerer, 2 Celery "
+        "workers), the emulator behind nginx, and moto; 5 runs follow, about 11 minutes",
     )
     logs = Path(tempfile.mkdtemp(prefix="bettertoken-cluster-"))
     cluster = Cluster(logs)
@@ -115,6 +116,12 @@ def outputs(s3, prefix: str) -> dict[str, bytes]:
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET_OUT, Prefix=prefix)
     keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
     return {key: s3.get_object(Bucket=BUCKET_OUT, Key=key)["Body"].read() for key in keys}
+
+
+def ledgers(s3, prefix: str) -> list[OutputLedger]:
+    """The spend ledgers of the outputs under ``prefix``."""
+    found = outputs(s3, f"_bettertoken/ledger/{prefix}")
+    return [OutputLedger.from_json(json.loads(body)) for body in found.values()]
 
 
 def run_manifest(found: dict[str, bytes], prefix: str, run_id: str) -> dict:
@@ -236,10 +243,111 @@ def test_run_3_a_worker_killed_mid_run(cluster, cluster_report):
         assert 60 <= paid <= 60 + killed["tasks"]
         retried = [row for row in cluster.task_instances(DAG_ID, "run-3", "edit_image") if row[3] > 1]
         assert retried and all(row[2] == "worker2" for row in retried)
+        # Each retry waited for the dead worker's claim to lapse before it paid: the ledgers show when.
+        waits = []
+        for ledger in ledgers(s3, "kill-edited/"):
+            [entry] = ledger.edits
+            dead = [a for a in entry.attempts if a.by.hostname == "worker1" and "renewing" in (a.cause or "")]
+            if dead:
+                retry = next(a for a in entry.attempts if a.number > dead[0].number)
+                waits.append(retry.sent_at - killed["to"])
+        assert len(waits) == paid - 60 and all(wait > 0 for wait in waits)
         cluster_report(
             f"run 3: worker 1 killed with {killed['tasks']:.0f} edits in flight ({open_requests} requests "
             f"open at the emulator); {paid} paid POSTs for 60 images, {paid - 60} maybe-billed re-sends; "
-            f"{len(retried)} tasks retried on worker 2"
+            f"{len(retried)} tasks retried on worker 2, each resending "
+            f"{min(waits, default=0):.0f} to {max(waits, default=0):.0f} s after the kill, once the dead "
+            f"worker's claim had lapsed (claim_seconds={DEFAULT_CLAIM_SECONDS:.0f})"
         )
         peaks = ", ".join(f"{name} {rss / 1e6:.0f} MB" for name, rss in sorted(cluster.peak_memory.items()))
         cluster_report(f"peak memory (PSS) of each worker's process tree: {peaks}")
+
+
+SAME_PROMPT = "Turn this photo into a clean studio product shot"  # the scheduled DAG's default
+DAY = "2026-11-15"  # not the day of the scheduled DAG's own first run, which exists already
+
+
+def test_run_4_two_dags_on_the_same_images_pay_once_through_a_triggerer_restart(cluster, cluster_report):
+    with failure_names_logs(cluster):
+        s3 = s3_client(cluster)
+        stems = seed(s3, f"incoming/{DAY}/", 24)
+        control = emulator(cluster)
+        control.reset()
+        restarted: dict[str, int] = {}
+
+        def restart_the_triggerer_while_edits_wait() -> None:
+            if restarted:
+                return
+            waiting = cluster.query("SELECT count(*) FROM task_instance WHERE state = 'deferred'")[0][0]
+            if waiting:
+                restarted["waiting"] = waiting
+                cluster.restart("triggerer")  # a deploy: every trigger is cancelled and started again
+
+        # The scheduled DAG and a backfill over the same day: the same prompt, size, sources and outputs.
+        cluster.trigger(
+            "bettertoken_scheduled_edit", "run-4-scheduled", {}, logical_date=f"{DAY}T00:00:00+00:00"
+        )
+        cluster.trigger(
+            DAG_ID,
+            "run-4-backfill",
+            {"source_prefix": f"incoming/{DAY}/", "dest_prefix": f"edited/{DAY}/", "prompt": SAME_PROMPT},
+        )
+        states = [
+            cluster.wait_for_run(dag_id, run_id, timeout=300, on_tick=restart_the_triggerer_while_edits_wait)
+            for dag_id, run_id in (
+                ("bettertoken_scheduled_edit", "run-4-scheduled"),
+                (DAG_ID, "run-4-backfill"),
+            )
+        ]
+
+        assert states == ["success", "success"]
+        stats = control.stats()
+        assert (stats["posts"], stats["paid"]) == (24, 24)  # one POST an image, for both DAGs
+        found = outputs(s3, f"edited/{DAY}/")
+        images = [key for key in found if not key.split("/")[2].startswith("_manifest")]
+        assert sorted(images) == sorted(f"edited/{DAY}/{stem.split('/', 2)[2]}.png" for stem in stems)
+        waited = sum(
+            "waiting in the triggerer" in path.read_text(errors="replace")
+            for path in (cluster.logs / "task-logs").rglob("*")
+            if path.is_file() and "run-4" in str(path)
+        )
+        cluster_report(
+            f"run 4: the scheduled DAG and a backfill over the same 24 images at once: "
+            f"{stats['posts']} POSTs, both runs green; {waited} edits waited in the triggerer for the "
+            f"other DAG's claim, and the triggerer was restarted with {restarted.get('waiting', 0)} of "
+            "them waiting"
+        )
+
+
+def test_run_5_a_backfill_behind_a_gateway_that_cuts_stops_after_a_few_calls(cluster, cluster_report):
+    with failure_names_logs(cluster):
+        s3 = s3_client(cluster)
+        seed(s3, "cut/", 100)
+        control = emulator(cluster)
+        control.reset()
+        control.configure(latency=3)
+        pool = 4
+        cluster.airflow("pools", "set", "bettertoken", str(pool), "BetterToken paid image edits")
+        cluster.restart_gateway(read_timeout=1)  # shorter than an edit, as ALB's 60 s is for 1-3 minutes
+        try:
+            cluster.trigger(DAG_ID, "run-5", conf("cut/", "cut-edited/"))
+            state = cluster.wait_for_run(DAG_ID, "run-5", timeout=420)
+        finally:
+            cluster.restart_gateway(read_timeout=60)
+            cluster.airflow("pools", "set", "bettertoken", str(SLOTS), "BetterToken paid image edits")
+            control.configure(latency=EMULATOR_LATENCY)
+
+        assert state == "failed"
+        posts = control.stats()["posts"]
+        # At most 2 calls for each edit that ran before the run stopped: the cut edits, and those in
+        # flight beside them in the pool.
+        assert 2 * CUT_STREAK_LIMIT <= posts <= 2 * (CUT_STREAK_LIMIT + pool - 1)
+        manifest = run_manifest(outputs(s3, "cut-edited/"), "cut-edited/", "run-5")
+        spend = manifest["spend"]
+        assert (spend["posts"], spend["images_stored"], manifest["counts"]["failed"]) == (posts, 0, 100)
+        assert spend["stopped_by_run"] >= 100 - (CUT_STREAK_LIMIT + pool - 1)
+        cluster_report(
+            f"run 5: 100 images behind a gateway that cuts at 1 s, pool of {pool}: {posts} POSTs in all "
+            f"(before the spend ledger: 1,200), {spend['stopped_by_budget']} edits stopped by their budget, "
+            f"{spend['stopped_by_run']} by the run's breaker; the run failed"
+        )
