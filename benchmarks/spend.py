@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -153,9 +152,11 @@ def main() -> None:
         "",
         "| figure | with the ledger | before (53b7850) |",
         "|---|---|---|",
-        f"| S3 requests of a new edit (a call that answers at once) | {text(new)} | {text(BEFORE_NEW_EDIT)} |",
+        f"| S3 requests of a new edit (a call that answers at once) | {text(new)} "
+        f"| {text(BEFORE_NEW_EDIT)} |",
         f"| S3 requests of an edit whose output exists | {text(skipped)} | {text(BEFORE_SKIPPED_EDIT)} |",
-        f"| summary update at run 1: requests, wall | {text(first)}, {first_wall:.3f} s | LIST, 1 GET, 2 PUT |",
+        f"| summary update at run 1: requests, wall | {text(first)}, {first_wall:.3f} s "
+        "| LIST, 1 GET, 2 PUT |",
         f"| summary update at run 2,000: requests, wall (median of 5) | {text(later)}, {later_wall:.3f} s "
         "| 2 LIST, 2,000 GET, 2 PUT: grows with the runs |",
         "",

@@ -19,7 +19,6 @@ from airflow_bettertoken.exceptions import (
     BetterTokenOutputExistsError,
     BetterTokenResponseError,
     BetterTokenSizeMismatchError,
-    BetterTokenStorageError,
     BetterTokenUploadError,
     fail_task_on_permanent_error,
 )
