@@ -39,3 +39,4 @@ clean:
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/catalog.py
+	$(BIN)/python benchmarks/spend.py

@@ -6,11 +6,11 @@ from typing import Any
 
 
 def materialize(values: Any) -> list[Any]:
-    """A mapped task's XComs as a list. Indexing up to ``len`` asks for each value once; plain
-    iteration would probe one offset past the end and log a spurious 'XCom not found'."""
+    """A mapped task's XComs as a list, read in one request: a slice of Airflow's lazy sequence is
+    one call to the execution API, where indexing asks once per map index (and ``len`` once more)."""
     if values is None:
         return []
-    return [values[index] for index in range(len(values))]
+    return list(values[:])
 
 
 def task_id_of(value: Any) -> str | None:
