@@ -28,6 +28,7 @@ __all__ = [
     "BetterTokenResponseError",
     "BetterTokenServerError",
     "BetterTokenSizeMismatchError",
+    "BetterTokenStorageError",
     "BetterTokenTransportError",
     "BetterTokenUploadError",
     "error_for_status",
@@ -139,6 +140,32 @@ class BetterTokenOutputExistsError(BetterTokenError):
 
 class BetterTokenSizeMismatchError(BetterTokenError):
     """Raised when ``on_size_mismatch="fail"`` and the image differs from the requested size."""
+
+
+class BetterTokenStorageError(BetterTokenError):
+    """Raised when S3 refused a request or could not be reached; the message names the permission or fix.
+
+    ``retryable`` is True only for throttling, 5xx answers and connection errors, which waiting can heal.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        uri: str,
+        status: int | None = None,
+        code: str | None = None,
+        botocore_class: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.uri = uri
+        self.status = status
+        self.code = code
+        self.botocore_class = botocore_class
+        self.retryable = retryable
 
 
 class BetterTokenUploadError(BetterTokenError):

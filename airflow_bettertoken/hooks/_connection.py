@@ -16,14 +16,22 @@ from airflow_bettertoken.protocol.spend import (
     SpendPolicy,
     check_max_billed_calls,
 )
-from airflow_bettertoken.protocol.wire import DEFAULT_BASE_URL
+from airflow_bettertoken.protocol.wire import DEFAULT_BASE_URL, OMITTABLE_FIELDS
 
 DEFAULT_TIMEOUT = 900.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # The spend policy's extras: protocol/spend.SpendPolicy.
 _SPEND_EXTRAS = ("max_billed_calls", "claim_seconds")
 # The extras of the hook itself; the retry policy's fields are known too.
-_HOOK_EXTRAS = ("timeout", "connect_timeout", "verify", "proxies", "max_pixels", *_SPEND_EXTRAS)
+_HOOK_EXTRAS = (
+    "timeout",
+    "connect_timeout",
+    "verify",
+    "proxies",
+    "max_pixels",
+    "omit_fields",
+    *_SPEND_EXTRAS,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ class ConnectionSettings:
     retry_policy: RetryPolicy
     max_pixels: int
     spend_policy: SpendPolicy
+    #: Form fields left out of each edit request, for servers that refuse them.
+    omit_fields: frozenset[str] = frozenset()
 
 
 def read_settings(
@@ -83,7 +93,26 @@ def read_settings(
             ),
             claim_seconds=_positive(extra, "claim_seconds", DEFAULT_CLAIM_SECONDS, conn_id),
         ),
+        omit_fields=_omit_fields(extra.get("omit_fields"), conn_id),
     )
+
+
+def _omit_fields(value: object, conn_id: str) -> frozenset[str]:
+    """The ``omit_fields`` extra: a list of :data:`OMITTABLE_FIELDS`, e.g. ``["response_format"]``."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise BetterTokenConfigError(
+            f"connection {conn_id!r} extra 'omit_fields' must be a list such as [\"response_format\"], "
+            f"got {value!r}"
+        )
+    unknown = sorted(set(map(str, value)) - set(OMITTABLE_FIELDS))
+    if unknown:
+        raise BetterTokenConfigError(
+            f"connection {conn_id!r} extra 'omit_fields' names {unknown}, which are always sent or unknown; "
+            f"it may name: {', '.join(OMITTABLE_FIELDS)}"
+        )
+    return frozenset(value)
 
 
 def _positive(extra: Mapping[str, Any], name: str, default: float, conn_id: str) -> float:
@@ -99,9 +128,15 @@ def _positive(extra: Mapping[str, Any], name: str, default: float, conn_id: str)
     return number
 
 
-def fix_hint(status: int, settings: ConnectionSettings) -> str:
+def fix_hint(status: int, settings: ConnectionSettings, code: str | None = None) -> str:
     """What the user should change in the connection after this error status, or an empty string."""
     conn = f"connection {settings.conn_id!r}"
+    if status == 400 and code == "unknown_parameter":
+        return (
+            f"The server behind {conn} refuses a field of BetterToken's documented form. OpenAI itself and "
+            'strict OpenAI-compatible gateways refuse response_format: set the extra {"omit_fields": '
+            f'["response_format"]}} (it may name: {", ".join(OMITTABLE_FIELDS)})'
+        )
     if status in (401, 403):
         return f"Check the API key of {conn}: it belongs in the password field ('API Key' in the UI)" + (
             ", and the key must be allowed to use this model" if status == 403 else ""

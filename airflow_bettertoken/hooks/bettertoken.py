@@ -105,7 +105,8 @@ class BetterTokenHook(BaseHook):
 
     The connection's host is the base URL (with ``/v1``), its password the API key.
     Extras: ``timeout`` (read, default 900 s), ``connect_timeout`` (10 s), ``verify``,
-    ``proxies``, ``max_pixels``, and the :class:`~airflow_bettertoken.protocol.retry.RetryPolicy` fields.
+    ``proxies``, ``max_pixels``, ``omit_fields`` (form fields a strict gateway refuses), and the
+    :class:`~airflow_bettertoken.protocol.retry.RetryPolicy` fields.
 
     :param bettertoken_conn_id: the Airflow connection to use.
     :param retry: retry policy fields that override the connection extra.
@@ -263,7 +264,7 @@ class BetterTokenHook(BaseHook):
         settings = self._settings
         response = self._session.post(
             url,
-            data=request.form_fields(),
+            data=request.form_fields(omit=settings.omit_fields),
             files=request.form_files(),
             headers={"Idempotency-Key": idempotency_key},
             timeout=(settings.connect_timeout, settings.timeout),
@@ -379,7 +380,7 @@ class BetterTokenHook(BaseHook):
 
     def _error_text(self, status: int, message: str, method: str, url: str, code: str | None = None) -> str:
         """An error answer as the user reads it: what was called, what it said, and what to fix."""
-        hint = fix_hint(status, self._settings)
+        hint = fix_hint(status, self._settings, code)
         text = (
             f"BetterToken answered {status} ({code or 'no code'}) to {method} {url} "
             f"(connection {self.bettertoken_conn_id!r}): {message}" + (f". {hint}" if hint else "")

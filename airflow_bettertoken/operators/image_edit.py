@@ -37,6 +37,7 @@ from airflow_bettertoken.protocol.wire import MODEL, check_image_count, check_pr
 from airflow_bettertoken.storage.ledger import SpendLedger
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore, UploadFailed
+from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 from airflow_bettertoken.storage.spill import SpillDir
 from airflow_bettertoken.triggers.claim import ClaimWaitTrigger
 
@@ -90,6 +91,9 @@ class BetterTokenImageEditOperator(BaseOperator):
     :param spill_dir: where a paid image is kept if it can be written neither to its output nor beside
         the spend ledger in S3; default a folder in the temp dir.
     :param upload_deadline: seconds to keep retrying a failed upload before keeping the image aside.
+    :param s3_extra_args: what every write to S3 adds to ``put_object``, with ``S3Hook``'s meaning, e.g.
+        ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``; DAG-wide through
+        ``default_args``. (templated)
     :param max_billed_calls: calls for this image that may have been billed, ever (across tries, runs
         and DAGs), before no more are sent; default the connection's extra, else 2.
     :param image_label: the edit's name in the grid and the gallery, e.g. the source's path under the listed
@@ -98,7 +102,7 @@ class BetterTokenImageEditOperator(BaseOperator):
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("prompt", "source", "dest", "size", "image_label")
+    template_fields: Sequence[str] = ("prompt", "source", "dest", "size", "image_label", "s3_extra_args")
     ui_color = "#e8f0fe"
     operator_extra_links = (OutputImageLink(), SourceImagesLink())
     #: Sleep and clocks of the API and upload retry loops; tests replace it to run in virtual time.
@@ -116,6 +120,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         api_retry: dict[str, Any] | None = None,
         spill_dir: str | None = None,
         upload_deadline: float = 120.0,
+        s3_extra_args: dict[str, Any] | None = None,
         image_label: str | None = None,
         max_billed_calls: int | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
@@ -142,6 +147,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         self.api_retry = api_retry
         self.spill_dir = spill_dir
         self.upload_deadline = upload_deadline
+        self.s3_extra_args = s3_extra_args
         self.image_label = image_label
         self.max_billed_calls = max_billed_calls
         self.bettertoken_conn_id = bettertoken_conn_id
@@ -150,6 +156,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         _choice("if_exists", if_exists, IF_EXISTS)
         _choice("on_size_mismatch", on_size_mismatch, ON_SIZE_MISMATCH)
         RetryPolicy.check_options(api_retry or {})
+        S3ExtraArgs.check_literal(s3_extra_args)
         if max_billed_calls is not None:
             check_max_billed_calls(max_billed_calls, "BetterTokenImageEditOperator")
         if not _is_template(size):
@@ -161,8 +168,10 @@ class BetterTokenImageEditOperator(BaseOperator):
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
-        # A mapped task takes its map_index_template from partial(), before __init__ ever runs.
+        # A mapped task takes its map_index_template from partial(), before __init__ ever runs; and
+        # __init__ runs only when the task is expanded, so a literal typo is caught here, at parse time.
         _default_map_index_template(kwargs)
+        S3ExtraArgs.check_literal(kwargs.get("s3_extra_args"))
         return super().partial(**kwargs)
 
     @property
@@ -177,7 +186,7 @@ class BetterTokenImageEditOperator(BaseOperator):
 
     @cached_property
     def store(self) -> ImageStore:
-        return ImageStore(S3Hook(aws_conn_id=self.aws_conn_id), self.timing)
+        return ImageStore(S3Hook(aws_conn_id=self.aws_conn_id), self.timing, self.s3_extra_args)
 
     def execute(self, context: Context) -> dict[str, Any]:
         with fail_task_on_permanent_error():
@@ -301,6 +310,7 @@ class BetterTokenImageEditOperator(BaseOperator):
             edit_id,
             holder,
             policy,
+            extra_args=self.store.io.extra_args.for_write(),
             how_to_raise=self.hook.how_to_raise_the_budget(policy.max_billed_calls),
             read_timeout=self.hook.read_timeout,
         )

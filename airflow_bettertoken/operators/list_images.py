@@ -12,9 +12,11 @@ from airflow.providers.common.compat.sdk import BaseOperator, conf
 from airflow_bettertoken.exceptions import BetterTokenInputError, fail_task_on_permanent_error
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators.preflight import preflight
+from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
 from airflow_bettertoken.storage.listing import plan_pending
 from airflow_bettertoken.storage.locations import parse_s3_prefix
 from airflow_bettertoken.storage.objects import ImageStore
+from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -34,6 +36,10 @@ class BetterTokenListImagesOperator(BaseOperator):
     ``remaining``. First, a preflight checks the BetterToken connection (``GET /models``, not paid)
     and that ``dest_prefix`` can be written, so that a wrong key or bucket fails once, here.
 
+    Keys that have no safe output path (an empty ``//``, ``.`` or ``..`` segment, a control character)
+    are skipped, and the listing goes on; they and what the preflight found about the store (whether
+    it keeps conditional writes) are in the XCom key ``findings``, which the manifest records.
+
     :param source_prefix: ``s3://bucket/prefix/`` to list, recursively. (templated)
     :param dest_prefix: ``s3://bucket/prefix/`` for the outputs. (templated)
     :param only_pending: plan only images whose output does not exist yet. ``False`` plans every image,
@@ -41,11 +47,14 @@ class BetterTokenListImagesOperator(BaseOperator):
     :param max_edits: plan at most this many; default ``[core] max_map_length``. The rest is left for
         later runs and counted in ``remaining``.
     :param preflight: run the preflight checks first.
+    :param s3_extra_args: what the edits add to every S3 write, with ``S3Hook``'s meaning, e.g.
+        ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``: the preflight's probe is written
+        with them, so it tests what the edits will do. (templated)
     :param bettertoken_conn_id: the BetterToken connection the edits will use.
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("source_prefix", "dest_prefix", "max_edits")
+    template_fields: Sequence[str] = ("source_prefix", "dest_prefix", "max_edits", "s3_extra_args")
 
     def __init__(
         self,
@@ -55,6 +64,7 @@ class BetterTokenListImagesOperator(BaseOperator):
         only_pending: bool = True,
         max_edits: int | str | None = None,
         preflight: bool = True,
+        s3_extra_args: dict[str, Any] | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
@@ -65,27 +75,40 @@ class BetterTokenListImagesOperator(BaseOperator):
         self.only_pending = only_pending
         self.max_edits = max_edits
         self.preflight = preflight
+        self.s3_extra_args = s3_extra_args
         self.bettertoken_conn_id = bettertoken_conn_id
         self.aws_conn_id = aws_conn_id
+        S3ExtraArgs.check_literal(s3_extra_args)
 
     @cached_property
     def store(self) -> ImageStore:
-        return ImageStore(S3Hook(aws_conn_id=self.aws_conn_id))
+        return ImageStore(S3Hook(aws_conn_id=self.aws_conn_id), s3_extra_args=self.s3_extra_args)
 
     def execute(self, context: Context) -> list[dict[str, str]]:
         with fail_task_on_permanent_error():
             source = parse_s3_prefix(self.source_prefix, "source_prefix")
             dest = parse_s3_prefix(self.dest_prefix, "dest_prefix")
             limit = self._max_edits()
+            store_check = None
             if self.preflight:
-                preflight(BetterTokenHook(self.bettertoken_conn_id), self.store, dest)
+                store_check = preflight(BetterTokenHook(self.bettertoken_conn_id), self.store, dest)
+                for warning in store_check.warnings:
+                    self.log.warning("Preflight: %s", warning)
             source_keys = self.store.list_keys(source)
             output_keys = self.store.list_keys(dest) if self.only_pending else []
             plan = plan_pending(
                 source_keys, output_keys, source, dest, only_pending=self.only_pending, max_edits=limit
             )
         context["ti"].xcom_push(key="counts", value=plan.counts)
+        findings = ListingFindings.of(plan.skipped, store_check)
+        context["ti"].xcom_push(key=FINDINGS_KEY, value=findings.to_xcom())
         self.log.info("Images under %s: %s", self.source_prefix, plan.counts)
+        for skipped in plan.skipped[:10]:
+            self.log.warning("Skipped %r: %s", skipped.key, skipped.reason)
+        if len(plan.skipped) > 10:
+            self.log.warning(
+                "... and %d more skipped keys; the manifest lists up to 100", len(plan.skipped) - 10
+            )
         if plan.remaining:
             self.log.info(
                 "%d pending images are left for later runs (max_edits=%d per run)", plan.remaining, limit

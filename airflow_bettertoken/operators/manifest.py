@@ -14,9 +14,11 @@ from airflow_bettertoken.exceptions import BetterTokenError, fail_task_on_perman
 from airflow_bettertoken.operators._xcom import materialize, task_id_of
 from airflow_bettertoken.operators.next_chunk import DECISION_KEY
 from airflow_bettertoken.protocol.spend import RunSpend, run_spend
+from airflow_bettertoken.storage.findings import FINDINGS_KEY
 from airflow_bettertoken.storage.ledger import read_ledgers
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.run_manifest import build_run_manifest, write_manifests
+from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -47,10 +49,12 @@ class BetterTokenManifestOperator(BaseOperator):
     :param manifest_uri: the summary, e.g. ``s3://bucket/edited/_manifest.json``. (templated)
     :param next_chunk_task_id: the task that triggers the next chunk's run, if the DAG has one.
     :param fail_on_failed_edits: fail this task, and so the run, when any edit failed.
+    :param s3_extra_args: what every write to S3 adds to ``put_object``, with ``S3Hook``'s meaning, e.g.
+        ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``. (templated)
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("edits", "results", "failures", "manifest_uri")
+    template_fields: Sequence[str] = ("edits", "results", "failures", "manifest_uri", "s3_extra_args")
 
     def __init__(
         self,
@@ -60,6 +64,7 @@ class BetterTokenManifestOperator(BaseOperator):
         manifest_uri: str,
         next_chunk_task_id: str | None = None,
         fail_on_failed_edits: bool = True,
+        s3_extra_args: dict[str, Any] | None = None,
         aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
@@ -73,7 +78,9 @@ class BetterTokenManifestOperator(BaseOperator):
         self.manifest_uri = manifest_uri
         self.next_chunk_task_id = next_chunk_task_id
         self.fail_on_failed_edits = fail_on_failed_edits
+        self.s3_extra_args = s3_extra_args
         self.aws_conn_id = aws_conn_id
+        S3ExtraArgs.check_literal(s3_extra_args)
 
     @cached_property
     def s3_hook(self) -> S3Hook:
@@ -99,6 +106,9 @@ class BetterTokenManifestOperator(BaseOperator):
             else None,
             next_run_id=(decision or {}).get("next_run_id"),
             spend=self._spend(planned, summary.bucket, ti),
+            findings=ti.xcom_pull(task_ids=self.listing_task_id, key=FINDINGS_KEY)
+            if self.listing_task_id
+            else None,
         )
         manifest = {
             "dag_id": ti.dag_id,
@@ -106,7 +116,10 @@ class BetterTokenManifestOperator(BaseOperator):
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **manifest,
         }
-        run_uri = write_manifests(self.s3_hook, summary, manifest)
+        with fail_task_on_permanent_error():
+            run_uri = write_manifests(
+                self.s3_hook, summary, manifest, extra_args=S3ExtraArgs.parse(self.s3_extra_args).for_write()
+            )
         counts, spend = manifest["counts"], manifest["spend"]
         self.log.info("Wrote %s and the summary %s: %s; spend %s", run_uri, self.manifest_uri, counts, spend)
         if counts["failed"] and self.fail_on_failed_edits:

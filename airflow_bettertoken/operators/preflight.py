@@ -12,11 +12,14 @@ from airflow.providers.common.compat.sdk import BaseOperator
 from airflow_bettertoken.exceptions import (
     BetterTokenConfigError,
     BetterTokenInputError,
+    BetterTokenStorageError,
     fail_task_on_permanent_error,
 )
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+from airflow_bettertoken.storage.findings import StoreCheck
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.objects import ImageStore
+from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -24,20 +27,25 @@ if TYPE_CHECKING:
 __all__ = ["BetterTokenPreflightOperator", "preflight"]
 
 
-def preflight(hook: BetterTokenHook, store: ImageStore, dest: S3Location) -> None:
-    """Check the BetterToken connection with ``GET /models`` (never paid) and that ``dest`` can be written.
+def preflight(hook: BetterTokenHook, store: ImageStore, dest: S3Location) -> StoreCheck:
+    """Check the BetterToken connection with ``GET /models`` (never paid) and that ``dest`` can be written
+    as the edits will write it (with the store's ``s3_extra_args``).
 
+    :returns: what the probe learned about the store: whether it keeps conditional writes, and
+        whether the connection may list the bucket.
     :raises BetterTokenConfigError: naming the connection and what to fix.
     :raises BetterTokenInputError: naming the bucket and what to fix.
+    :raises BetterTokenStorageError: naming what S3 refused, the permission and the setting to fix.
     """
     ok, message = hook.test_connection()
     if not ok:
         raise BetterTokenConfigError(f"Preflight: the BetterToken connection does not work. {message}")
     try:
-        store.check_writable(dest)
-    except BetterTokenInputError as err:
-        # The same error, said to come from the preflight; chaining it would print the text twice.
-        raise BetterTokenInputError(f"Preflight: {err}") from err.__cause__
+        return store.check_writable(dest)
+    except (BetterTokenInputError, BetterTokenStorageError) as err:
+        # The same error, said to come from the preflight; wrapping it would print the text twice.
+        err.args = (f"Preflight: {err}", *err.args[1:])
+        raise
 
 
 class BetterTokenPreflightOperator(BaseOperator):
@@ -47,33 +55,44 @@ class BetterTokenPreflightOperator(BaseOperator):
     checks itself; use this operator in front of edits that you plan some other way.
 
     :param dest_prefix: ``s3://bucket/prefix/`` where the outputs go. (templated)
+    :param s3_extra_args: what the edits add to every S3 write, with ``S3Hook``'s meaning, e.g.
+        ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``: the probe is written with
+        them. (templated)
     :param bettertoken_conn_id: the BetterToken connection.
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("dest_prefix",)
+    template_fields: Sequence[str] = ("dest_prefix", "s3_extra_args")
 
     def __init__(
         self,
         *,
         dest_prefix: str,
+        s3_extra_args: dict[str, Any] | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.dest_prefix = dest_prefix
+        self.s3_extra_args = s3_extra_args
         self.bettertoken_conn_id = bettertoken_conn_id
         self.aws_conn_id = aws_conn_id
+        S3ExtraArgs.check_literal(s3_extra_args)
 
     @cached_property
     def hook(self) -> BetterTokenHook:
         return BetterTokenHook(self.bettertoken_conn_id)
 
-    def execute(self, context: Context) -> None:
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Run the checks; returns what the probe learned about the store (see :class:`StoreCheck`)."""
         with fail_task_on_permanent_error():
             dest = parse_s3_prefix(self.dest_prefix, "dest_prefix")
-            preflight(self.hook, ImageStore(S3Hook(aws_conn_id=self.aws_conn_id)), dest)
+            store = ImageStore(S3Hook(aws_conn_id=self.aws_conn_id), s3_extra_args=self.s3_extra_args)
+            check = preflight(self.hook, store, dest)
+        for warning in check.warnings:
+            self.log.warning("Preflight: %s", warning)
         self.log.info(
             "Preflight passed: %s works and %s can be written", self.bettertoken_conn_id, self.dest_prefix
         )
+        return check.to_xcom()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,12 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_ERROR_MESSAGE_CHARS = 300
 
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+#: Form fields that may be left out for a server that refuses them (connection extra ``omit_fields``).
+#: OpenAI itself and strict OpenAI-compatible gateways answer "Unknown parameter: 'response_format'"
+#: for gpt-image models, which always answer in ``b64_json``. ``model``, ``prompt`` and the images
+#: are always sent.
+OMITTABLE_FIELDS = ("n", "size", "response_format", "output_format")
 
 ImageInput = bytes | tuple[str, bytes]
 
@@ -98,8 +104,9 @@ class EditRequest:
     size: str
     images: tuple[ImageFile, ...]
 
-    def form_fields(self) -> list[tuple[str, str]]:
-        return [
+    def form_fields(self, omit: Collection[str] = ()) -> list[tuple[str, str]]:
+        """BetterToken's documented form, less the :data:`OMITTABLE_FIELDS` named in ``omit``."""
+        fields = [
             ("model", MODEL),
             ("prompt", self.prompt),
             ("n", "1"),
@@ -107,6 +114,7 @@ class EditRequest:
             ("response_format", "b64_json"),
             ("output_format", "png"),
         ]
+        return [(name, value) for name, value in fields if name not in omit]
 
     def form_files(self) -> list[tuple[str, tuple[str, bytes, str]]]:
         """One reference goes in ``image``; several go in ``image[]``, repeated, in order."""

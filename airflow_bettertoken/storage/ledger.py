@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_bettertoken.exceptions import BetterTokenBudgetError
+from airflow_bettertoken.exceptions import BetterTokenBudgetError, BetterTokenStorageError
 from airflow_bettertoken.protocol.result import EditResult
 from airflow_bettertoken.protocol.spend import (
     Claim,
@@ -43,8 +43,9 @@ from airflow_bettertoken.protocol.spend import (
     likely_cause,
     may_send,
 )
-from airflow_bettertoken.storage.locations import S3Location
-from airflow_bettertoken.storage.records import ConditionalRecord, status_of
+from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
+from airflow_bettertoken.storage.records import ConditionalRecord
+from airflow_bettertoken.storage.s3_io import S3IO
 from airflow_bettertoken.storage.spill import SpillDir
 
 if TYPE_CHECKING:
@@ -61,8 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The provider's own records in a destination bucket: never listed as sources, never outputs.
-RESERVED_PREFIX = "_bettertoken/"
 # GETs in flight when reading many ledgers.
 _PARALLEL_READS = 8
 _LAPSED = "its sender stopped renewing its claim before the call ended (the worker may have died)"
@@ -95,7 +94,7 @@ def read_ledger(s3_hook: S3Hook, output: S3Location) -> OutputLedger | None:
 
 def read_ledgers(s3_hook: S3Hook, outputs: Sequence[S3Location]) -> list[OutputLedger]:
     """The ledgers of many outputs, a few GETs at a time (a run may have planned a thousand edits)."""
-    s3_hook.get_conn()  # one client, made before the threads share it
+    S3IO(s3_hook).client  # noqa: B018 (one client, made before the threads share it)
     with ThreadPoolExecutor(max_workers=_PARALLEL_READS) as pool:
         found = pool.map(lambda output: read_ledger(s3_hook, output), outputs)
         return [ledger for ledger in found if ledger is not None]
@@ -132,6 +131,7 @@ class SpendLedger:
         self.holder = holder
         self.policy = policy
         self.extra_args = dict(extra_args or {})
+        self.io = S3IO(s3_hook, extra_args)
         self.how_to_raise = how_to_raise
         self.read_timeout = read_timeout
         self.clock = clock
@@ -282,20 +282,12 @@ class SpendLedger:
 
         self._change(store)
         if spilled:
-            location = _spill_location(self.output, self.edit_id)
-            self.s3_hook.get_conn().delete_object(Bucket=location.bucket, Key=location.key)
+            self.io.delete(_spill_location(self.output, self.edit_id))
 
     def spill(self, result: EditResult, metadata: Mapping[str, str]) -> str:
         """Keep a paid image in S3 beside the ledger, where a retry on any worker finds it; its URI."""
         location = _spill_location(self.output, self.edit_id)
-        self.s3_hook.get_conn().put_object(
-            Bucket=location.bucket,
-            Key=location.key,
-            Body=result.png,
-            ContentType="image/png",
-            Metadata=dict(metadata),
-            **self.extra_args,
-        )
+        self.io.put(location, result.png, content_type="image/png", metadata=metadata)
         fields = result.to_spill_record()
 
         def keep(ledger: OutputLedger, now: float) -> OutputLedger:
@@ -312,21 +304,17 @@ class SpendLedger:
         entry = self.entry
         if not entry.spilled_uri or not entry.spilled_result:
             return None
-        location = _spill_location(self.output, self.edit_id)
-        try:
-            response = self.s3_hook.get_conn().get_object(Bucket=location.bucket, Key=location.key)
-        except ClientError as err:
-            if status_of(err) == 404:
-                return None
-            raise
-        return EditResult.from_spill_record(response["Body"].read(), entry.spilled_result)
+        found = self.io.get(_spill_location(self.output, self.edit_id))
+        if not found.found or found.body is None:
+            return None  # deleted once stored; a 403 is read as that too (no s3:ListBucket)
+        return EditResult.from_spill_record(found.body, entry.spilled_result)
 
     def keep(self, result: EditResult, metadata: Mapping[str, str], local: SpillDir, digest: str) -> str:
         """Keep a paid image that is not in its output: in S3 beside the ledger if S3 takes it, else
         in the worker's spill directory. Where it is: an ``s3://`` URI or a local path."""
         try:
             return self.spill(result, metadata)
-        except (ClientError, BotoCoreError) as err:
+        except (BetterTokenStorageError, ClientError, BotoCoreError) as err:
             log.warning("Could not keep the paid image in S3 (%s); keeping it on this worker", err)
             return str(local.save(digest, result))
 
@@ -383,15 +371,12 @@ class SpendLedger:
         """Write an unusable paid answer to S3; its URI, or None if even that failed (then it is logged)."""
         location = _evidence_location(self.output, self.edit_id, number)
         try:
-            self.s3_hook.get_conn().put_object(
-                Bucket=location.bucket,
-                Key=location.key,
-                Body=bytes(evidence),
-                ContentType="application/octet-stream",
-                Metadata={"request-id": request_id or "", "output": self.output.uri},
-                **self.extra_args,
+            self.io.put(
+                location,
+                bytes(evidence),
+                metadata={"request-id": request_id or "", "output": self.output.uri},
             )
-        except ClientError as err:
+        except BetterTokenStorageError as err:
             log.warning("Could not keep the unusable paid answer at %s: %s", location.uri, err)
             return None
         return location.uri

@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Collection, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
-from airflow_bettertoken.storage.locations import S3Location, check_output_key
+from airflow_bettertoken.storage.findings import SkippedKey
+from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location, check_output_key, key_problem
 
-__all__ = ["IMAGE_SUFFIXES", "Plan", "plan_edits", "plan_pending"]
+__all__ = ["IMAGE_SUFFIXES", "Plan", "plan_edits", "plan_pending", "usable_sources"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def usable_sources(keys: Iterable[str], source: S3Location) -> tuple[list[str], list[SkippedKey]]:
+    """The image keys that can be planned, and those skipped with a reason, both in key order.
+
+    A key whose path under ``source`` has an empty (``//``), ``.`` or ``..`` segment or a control
+    character has no safe output path: it is skipped and reported, and the listing goes on. Keys
+    under ``_bettertoken/`` are the provider's own records: they are dropped without a word.
+    """
+    usable: list[str] = []
+    skipped: list[SkippedKey] = []
+    for key in sorted(keys):
+        if key.startswith(RESERVED_PREFIX) or not key.lower().endswith(IMAGE_SUFFIXES):
+            continue
+        problem = key_problem(key[len(source.key) :])
+        if problem:
+            skipped.append(SkippedKey(key, f"its path has {problem}, so it has no safe output key"))
+        else:
+            usable.append(key)
+    return usable, skipped
 
 
 def plan_edits(keys: Iterable[str], source: S3Location, dest: S3Location) -> list[dict[str, str]]:
@@ -43,7 +64,8 @@ class Plan:
     """The edits one run makes, and where the whole image set stands.
 
     ``images``: the sources found; ``done``: those whose output exists; ``pending``: the rest;
-    ``planned``: what this run makes; ``remaining``: what is left for later runs.
+    ``planned``: what this run makes; ``remaining``: what is left for later runs. ``skipped``: keys
+    that could not be planned (not counted as images), with their reasons.
     """
 
     edits: list[dict[str, str]]
@@ -51,12 +73,17 @@ class Plan:
     done: int
     pending: int
     remaining: int
+    skipped: list[SkippedKey] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
-        counts = asdict(self)
-        del counts["edits"]
-        return {**counts, "planned": len(self.edits)}
+        return {
+            "images": self.images,
+            "done": self.done,
+            "pending": self.pending,
+            "remaining": self.remaining,
+            "planned": len(self.edits),
+        }
 
 
 def plan_pending(
@@ -70,9 +97,11 @@ def plan_pending(
 ) -> Plan:
     """The first ``max_edits`` edits in key order, skipping those whose output exists if ``only_pending``.
 
-    The rule that two sources must not share an output holds across the whole listing.
+    The rule that two sources must not share an output holds across the whole listing; keys without a
+    safe output path are skipped (see :func:`usable_sources`).
     """
-    edits = plan_edits(source_keys, source, dest)
+    usable, skipped = usable_sources(source_keys, source)
+    edits = plan_edits(usable, source, dest)
     existing = set(output_keys)
     skip = len(f"s3://{dest.bucket}/")
     pending = [edit for edit in edits if edit["dest"][skip:] not in existing]
@@ -85,4 +114,5 @@ def plan_pending(
         done=len(edits) - len(pending),
         pending=len(pending),
         remaining=len(pending) - planned_pending,
+        skipped=skipped,
     )

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
 
+#: The provider's own records at the root of a destination bucket (the spend ledger, run records,
+#: evidence, spilled images): never a source, never an output.
+RESERVED_PREFIX = "_bettertoken/"
+
 
 @dataclass(frozen=True, order=True)
 class S3Location:
@@ -46,18 +50,37 @@ def parse_s3_prefix(uri: object, what: str) -> S3Location:
     return S3Location(bucket, key)
 
 
+def key_problem(path: str) -> str | None:
+    """Why ``path`` cannot be part of an output key, or None.
+
+    A control character, or an empty (``//``), ``.`` or ``..`` path segment: S3 stores such keys, but
+    as paths they are ambiguous or unsafe.
+    """
+    # isprintable() is False for every control character, and it is cheap: the scan runs only then.
+    if not path.isprintable() and any(unicodedata.category(ch) == "Cc" for ch in path):
+        return "a control character"
+    segments = path.rstrip("/").split("/")
+    if "" in segments:
+        return "an empty path segment ('//')"
+    if ".." in segments:
+        return "a '..' path segment"
+    if "." in segments:
+        return "a '.' path segment"
+    return None
+
+
 def check_output_key(key: str, what: str = "dest") -> None:
     """Refuse empty or absolute keys, `.`/`..` segments, control characters, and names not ending .png."""
     if not key:
         raise BetterTokenInputError(f"{what} names no key; use s3://bucket/key.png or s3://bucket/prefix/")
     if key.startswith("/"):
         raise BetterTokenInputError(f"{what} key {key!r} must not start with '/'")
-    # isprintable() is False for every control character, and it is cheap: the scan runs only then.
-    if not key.isprintable() and any(unicodedata.category(ch) == "Cc" for ch in key):
-        raise BetterTokenInputError(f"{what} key {key!r} must not contain control characters")
-    segments = key.rstrip("/").split("/")
-    if any(segment in (".", "..", "") for segment in segments):
-        raise BetterTokenInputError(f"{what} key {key!r} must not contain empty, '.' or '..' path segments")
+    problem = key_problem(key)
+    if problem:
+        raise BetterTokenInputError(
+            f"{what} key {key!r} has {problem}; keys must not contain control characters or "
+            "empty, '.' or '..' path segments"
+        )
     if not key.endswith((".png", "/")):
         raise BetterTokenInputError(
             f"{what} key {key!r} must end in .png, or in '/' to name the output after the source"

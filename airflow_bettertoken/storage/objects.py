@@ -1,17 +1,24 @@
-"""Image objects on S3: reading references, looking at outputs, and writing a PNG without losing it."""
+"""Image objects on S3: reading references, looking at outputs, and writing a PNG without losing it.
+
+Every request goes through :class:`~airflow_bettertoken.storage.s3_io.S3IO`, which applies the
+``s3_extra_args`` and explains what S3 refused.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenStorageError
 from airflow_bettertoken.protocol.png import read_png_header
-from airflow_bettertoken.protocol.retry import Failure, RetryLoop, RetryPolicy, Timing
+from airflow_bettertoken.protocol.retry import Timing
 from airflow_bettertoken.protocol.wire import MAX_IMAGE_BYTES, check_image
-from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.findings import StoreCheck
+from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
+from airflow_bettertoken.storage.s3_errors import hidden_object_text
+from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
+from airflow_bettertoken.storage.s3_io import S3IO, BucketAccess, Presence, upload_policy
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -20,72 +27,120 @@ __all__ = ["ImageStore", "UploadFailed", "upload_policy"]
 
 log = logging.getLogger(__name__)
 
-# Written and deleted again by check_writable.
+# Written, written again create-only, read and deleted by check_writable.
 _PROBE_NAME = ".bettertoken-preflight"
 
 
-def upload_policy(deadline: float) -> RetryPolicy:
-    """Retries of an S3 write: bounded by ``deadline`` seconds rather than by a count."""
-    return RetryPolicy(
-        max_attempts=1000, deadline=deadline, backoff_initial=1.0, backoff_multiplier=2.0, backoff_max=30.0
-    )
-
-
 class UploadFailed(Exception):
-    """An S3 write that failed for good or ran out of time; ``cause`` is S3's error."""
+    """An S3 write that failed for good or ran out of time; ``cause`` is the explained S3 error."""
 
-    def __init__(self, cause: Exception, reason: str) -> None:
-        super().__init__(f"{cause}; {reason}")
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
         self.cause = cause
 
 
 class ImageStore:
-    """The S3 objects one edit reads and writes, through the Amazon provider's ``S3Hook``."""
+    """The S3 objects one edit reads and writes, through the Amazon provider's ``S3Hook``.
 
-    def __init__(self, s3_hook: S3Hook, timing: Timing | None = None) -> None:
+    :param s3_hook: the hook of the AWS connection.
+    :param timing: sleep and clocks of the upload loop.
+    :param s3_extra_args: what every write adds to ``put_object`` (see :class:`S3ExtraArgs`).
+    """
+
+    def __init__(
+        self,
+        s3_hook: S3Hook,
+        timing: Timing | None = None,
+        s3_extra_args: S3ExtraArgs | Mapping[str, Any] | None = None,
+    ) -> None:
         self.s3_hook = s3_hook
         self.timing = timing or Timing()
+        self.io = S3IO(s3_hook, s3_extra_args, self.timing)
 
     def head(self, location: S3Location) -> dict[str, Any] | None:
-        return self.s3_hook.head_object(location.key, location.bucket)
+        """An output's HEAD answer, or None when it is not there to be seen.
+
+        A 403 counts as not there: without ``s3:ListBucket`` that is AWS's answer for a missing key.
+        Going on is safe, because the upload is create-only unless ``if_exists="replace"``.
+        """
+        read = self.io.head(location)
+        if read.presence is Presence.HIDDEN:
+            log.info(
+                "%s; taking it as missing: the create-only upload still never overwrites",
+                hidden_object_text("HeadObject", location, self.io.conn_id),
+            )
+        return read.response if read.found else None
 
     def bucket_exists(self, bucket: str) -> bool:
-        return self.s3_hook.check_for_bucket(bucket)
+        """False only when S3 says the bucket does not exist (404); 403: it exists but cannot be listed."""
+        access = self.io.bucket(bucket)
+        if access is BucketAccess.FORBIDDEN:
+            log.info(
+                "S3 answered 403 to HeadBucket of %r: connection %r lacks s3:ListBucket on it; going on",
+                bucket,
+                self.io.conn_id,
+            )
+        return access is not BucketAccess.MISSING
 
     def list_keys(self, prefix: S3Location) -> list[str]:
         """Every key under the prefix, through paginated LISTs: no request per object."""
-        return self.s3_hook.list_keys(bucket_name=prefix.bucket, prefix=prefix.key) or []
+        return self.io.list_keys(prefix)
 
-    def check_writable(self, prefix: S3Location) -> None:
-        """Write and delete a probe object under the prefix, so that a wrong bucket fails before paying.
+    def check_writable(self, prefix: S3Location) -> StoreCheck:
+        """Probe the destination as the edits use it, so that a wrong bucket or policy fails before paying.
 
-        :raises BetterTokenInputError: naming the bucket, the connection and what to fix.
+        The probe object is written with the ``s3_extra_args`` (so a policy that requires encryption is
+        met or refused here), read back (the edits need ``s3:GetObject`` to find finished outputs),
+        written again create-only (S3 must refuse that: a store that accepts it ignores conditional
+        writes), and deleted; then a second one, written, read back and deleted under
+        ``_bettertoken/spill/``, where the spend ledger keeps its records and the paid images it keeps.
+
+        :raises BetterTokenInputError: when the bucket does not exist.
+        :raises BetterTokenStorageError: naming what S3 refused and the permission or setting to fix.
         """
-        conn = self.s3_hook.aws_conn_id
-        if not self.bucket_exists(prefix.bucket):
+        conn = self.io.conn_id
+        access = self.io.bucket(prefix.bucket)
+        if access is BucketAccess.MISSING:
             raise BetterTokenInputError(
                 f"the destination bucket {prefix.bucket!r} does not exist, or connection {conn!r} cannot "
                 "see it; create the bucket or fix the dest prefix"
             )
-        probe = prefix.key + _PROBE_NAME
-        try:
-            self.s3_hook.load_bytes(b"", key=probe, bucket_name=prefix.bucket, replace=True)
-            self.s3_hook.delete_objects(prefix.bucket, [probe])
-        except (ClientError, BotoCoreError) as err:
-            raise BetterTokenInputError(
-                f"cannot write to {prefix.uri} with connection {conn!r} ({err}); "
-                "it needs s3:PutObject and s3:DeleteObject there"
-            ) from err
+        probe = S3Location(prefix.bucket, prefix.key + _PROBE_NAME)
+        self._write_and_read_back(probe, "to find finished outputs without paying for them again")
+        conditional_writes = not self.io.put(probe, b"", if_none_match=True).written
+        self.io.delete(probe)
+        # The spend ledger and the paid images kept aside live under _bettertoken/ in the same bucket.
+        reserved = S3Location(prefix.bucket, f"{RESERVED_PREFIX}spill/{prefix.key}{_PROBE_NAME}")
+        self._write_and_read_back(reserved, "for the spend ledger, which is written before each paid call")
+        self.io.delete(reserved)
+        return StoreCheck(prefix.uri, conditional_writes, access is BucketAccess.FOUND)
+
+    def _write_and_read_back(self, probe: S3Location, why: str) -> None:
+        self.io.put(probe, b"")
+        if self.io.head(probe).presence is not Presence.FOUND:
+            folder = probe.key.rsplit("/", 1)[0] + "/" if "/" in probe.key else ""
+            raise BetterTokenStorageError(
+                f"connection {self.io.conn_id!r} wrote {probe.uri} but may not read it back: the edits "
+                f"need s3:GetObject on arn:aws:s3:::{probe.bucket}/{folder}* {why}",
+                operation="HeadObject",
+                uri=probe.uri,
+                status=403,
+            )
 
     def read_source(self, location: S3Location) -> tuple[str, bytes]:
         """A reference image as ``(filename, bytes)``, checked to be a PNG, JPEG or WEBP of at most 50 MB."""
-        head = self.head(location)
-        if head is None:
+        head = self.io.head(location)
+        if head.presence is Presence.MISSING:
             raise BetterTokenInputError(f"source {location.uri} does not exist (no such bucket or key)")
-        if head["ContentLength"] > MAX_IMAGE_BYTES:
+        if head.presence is Presence.HIDDEN:
             raise BetterTokenInputError(
-                f"source {location.uri} is {head['ContentLength']} bytes; "
-                f"at most {MAX_IMAGE_BYTES} (50 MB) are allowed"
+                f"source {hidden_object_text('HeadObject', location, self.io.conn_id)}. Check the key; "
+                "grant s3:ListBucket on the bucket to get a plain 'does not exist' for a missing one"
+            )
+        size = head.content_length or 0
+        if size > MAX_IMAGE_BYTES:
+            raise BetterTokenInputError(
+                f"source {location.uri} is {size} bytes; at most {MAX_IMAGE_BYTES} (50 MB) are allowed"
             )
         data = self._get(location)
         check_image(location.uri, data)
@@ -93,7 +148,7 @@ class ImageStore:
 
     def png_size(self, location: S3Location) -> tuple[int, int]:
         """Width and height from the first bytes of a PNG object, for one written without metadata."""
-        header = read_png_header(self._get(location, Range="bytes=0-63"))
+        header = read_png_header(self._get(location, byte_range="bytes=0-63"))
         return header.width, header.height
 
     def put_png(
@@ -107,42 +162,34 @@ class ImageStore:
     ) -> bool:
         """Write the PNG; False if ``create_only`` and another writer won the race (S3 answered 412).
 
-        Failures are retried as the shared retry policy says, until ``deadline`` seconds have passed.
-        A 403 or 404 is not retried: waiting does not fix a missing bucket or a denied write.
+        Throttling, 5xx and connection errors are retried until ``deadline`` seconds have passed
+        (after botocore's own retries); anything else fails at once: waiting does not fix a missing
+        bucket, a denied write or missing credentials.
 
         :raises UploadFailed: when the write failed for good or time ran out.
         """
-        params: dict[str, Any] = {
-            "Bucket": location.bucket,
-            "Key": location.key,
-            "Body": png,
-            "ContentType": "image/png",
-            "Metadata": metadata,
-        }
-        if create_only:
-            params["IfNoneMatch"] = "*"
-        loop = RetryLoop(upload_policy(deadline), self.timing)
-        while True:
-            loop.begin_attempt()
-            try:
-                self.s3_hook.get_conn().put_object(**params)
-                return True
-            except ClientError as err:
-                meta = err.response.get("ResponseMetadata", {})
-                status = meta.get("HTTPStatusCode") or 0
-                if status == 412 and create_only:
-                    return False
-                failure: Exception = err
-                decision = loop.after_failure(status=status, headers=meta.get("HTTPHeaders"))
-            except BotoCoreError as err:
-                # No answer from S3. Writing the same object again is safe, so it is always retried.
-                failure = err
-                decision = loop.after_failure(failure=Failure.NOT_SENT)
-            if not decision.retry:
-                raise UploadFailed(failure, decision.reason) from failure
-            log.warning("Upload of %s failed (%s); retrying in %.1f s", location.uri, failure, decision.wait)
-            loop.wait(decision)
+        try:
+            result = self.io.put(
+                location,
+                png,
+                content_type="image/png",
+                metadata=metadata,
+                if_none_match=create_only,
+                deadline=deadline,
+            )
+        except BetterTokenStorageError as err:
+            raise UploadFailed(err) from err
+        return result.written
 
-    def _get(self, location: S3Location, **kwargs: Any) -> bytes:
-        response = self.s3_hook.get_conn().get_object(Bucket=location.bucket, Key=location.key, **kwargs)
-        return response["Body"].read()
+    def _get(self, location: S3Location, byte_range: str | None = None) -> bytes:
+        read = self.io.get(location, byte_range=byte_range)
+        if not read.found or read.body is None:
+            raise BetterTokenInputError(
+                f"cannot read {location.uri}: "
+                + (
+                    hidden_object_text("GetObject", location, self.io.conn_id)
+                    if read.presence is Presence.HIDDEN
+                    else "it does not exist"
+                )
+            )
+        return read.body

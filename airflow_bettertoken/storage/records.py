@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from airflow_bettertoken.exceptions import BetterTokenStorageError
 from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.s3_io import S3IO, Presence
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -37,6 +39,10 @@ def status_of(err: ClientError) -> int:
 class ConditionalRecord:
     """One JSON object in S3, read with its ETag and written only if nobody changed it in between.
 
+    Reads and writes go through :class:`~airflow_bettertoken.storage.s3_io.S3IO`: the writes carry the
+    ``s3_extra_args``, and a 403 for a missing record (AWS's answer without ``s3:ListBucket``) reads as
+    no record, which the create-only write then settles.
+
     :param extra_args: ``put_object`` arguments added to every write (e.g. server-side encryption).
     """
 
@@ -50,21 +56,23 @@ class ConditionalRecord:
     ) -> None:
         self.s3_hook = s3_hook
         self.location = location
-        self.extra_args = dict(extra_args or {})
+        self.io = S3IO(s3_hook, extra_args)
         self._sleep = sleep
         self._known: tuple[dict[str, Any] | None, str | None] | None = None
+        self._hidden = False
 
     def read(self) -> dict[str, Any] | None:
-        """The record as S3 has it now (None if there is none); remembered for the next update."""
-        try:
-            response = self.s3_hook.get_conn().get_object(Bucket=self.location.bucket, Key=self.location.key)
-        except ClientError as err:
-            if status_of(err) == 404:
-                self._known = (None, None)
-                return None
-            raise
-        document = json.loads(response["Body"].read())
-        self._known = (document, response["ETag"])
+        """The record as S3 has it now (None if there is none); remembered for the next update.
+
+        :raises BetterTokenStorageError: when S3 refused the read for another reason than a missing key.
+        """
+        found = self.io.get(self.location)
+        self._hidden = found.presence is Presence.HIDDEN
+        if not found.found:
+            self._known = (None, None)
+            return None
+        document = json.loads(found.body or b"null")
+        self._known = (document, found.etag)
         return document
 
     def update(
@@ -77,6 +85,7 @@ class ConditionalRecord:
 
         :returns: the record as written (or as read, when ``change`` wrote nothing).
         :raises RecordConflict: when others kept changing the record for ``_MAX_ROUNDS`` rounds.
+        :raises BetterTokenStorageError: when the record exists but S3 refuses to let it be read.
         """
         for round_number in range(_MAX_ROUNDS):
             if self._known is None:
@@ -85,24 +94,34 @@ class ConditionalRecord:
             new = change(current)
             if new is None:
                 return current
-            conditions = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            body = json.dumps(new, sort_keys=True).encode()
             try:
-                response = self.s3_hook.get_conn().put_object(
-                    Bucket=self.location.bucket,
-                    Key=self.location.key,
-                    Body=json.dumps(new, sort_keys=True).encode(),
-                    ContentType="application/json",
-                    **conditions,
-                    **self.extra_args,
+                result = self.io.put(
+                    self.location,
+                    body,
+                    content_type="application/json",
+                    if_match=etag,
+                    if_none_match=not etag,
                 )
-            except ClientError as err:
-                # 412: another writer came first; 409: S3 saw two conditional writes at once;
-                # 404 for an IfMatch write: someone deleted the record meanwhile.
-                if status_of(err) not in (409, 412) and not (etag and status_of(err) == 404):
+            except BetterTokenStorageError as err:
+                # 409: S3 saw two conditional writes at once; read again and decide again.
+                if err.code != "ConditionalRequestConflict":
                     raise
-                self._known = None
-                self._sleep(random.uniform(0.02, 0.1) * min(round_number + 1, 10))
-                continue
-            self._known = (new, response["ETag"])
-            return new
+                result = None
+            if result is not None and result.written:
+                self._known = (new, result.etag)
+                return new
+            if result is not None and self._hidden and not etag:
+                # The record exists (the create-only write was refused), yet reading it was refused too.
+                raise BetterTokenStorageError(
+                    f"{self.location.uri} exists but connection {self.io.conn_id!r} may not read it: it "
+                    f"needs s3:GetObject on arn:aws:s3:::{self.location.bucket}/{self.location.key}",
+                    operation="GetObject",
+                    uri=self.location.uri,
+                    status=403,
+                    code="AccessDenied",
+                )
+            # 412: another writer came first; or the version we matched was deleted meanwhile.
+            self._known = None
+            self._sleep(random.uniform(0.02, 0.1) * min(round_number + 1, 10))
         raise RecordConflict(f"{self.location.uri} kept changing under {_MAX_ROUNDS} attempts to write it")

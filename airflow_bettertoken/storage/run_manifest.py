@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.protocol.spend import RunSpend
+from airflow_bettertoken.storage.findings import ListingFindings
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.records import ConditionalRecord
 
@@ -43,6 +44,7 @@ def build_run_manifest(
     listing: Mapping[str, int] | None = None,
     next_run_id: str | None = None,
     spend: RunSpend | None = None,
+    findings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Reduce one run's planned edits and its edit tasks' XCom into a JSON-safe manifest.
 
@@ -52,6 +54,8 @@ def build_run_manifest(
     :param listing: the listing's counts (``images``, ``done``, ``pending``, ``remaining``), if known.
     :param next_run_id: the run that continues this one, when the work goes on in chunks.
     :param spend: what the run spent, from the spend ledgers of its outputs (never from XCom).
+    :param findings: the listing's ``findings`` XCom (:class:`ListingFindings`): the keys it skipped and
+        what the preflight found about the store; None when the listing pushed none.
     """
     planned = list(edits)
     finished = [r for r in map(EditXCom.from_xcom, results) if r]
@@ -101,6 +105,7 @@ def build_run_manifest(
             }
             for r in sorted(finished, key=lambda r: r.output_uri)
         ],
+        "findings": ListingFindings.from_xcom(findings).to_xcom() if findings is not None else None,
     }
 
 

@@ -80,6 +80,42 @@ def test_emulator_refuses_bad_requests_openai_style(sandbox, emulator, files, fi
     assert emulator.stats()["paid"] == 0
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"quality": "high"}, {"background": "transparent"}, {"stream": "true"}, {"user": "me"}],
+    ids=["quality", "background", "stream", "user"],
+)
+def test_the_emulator_refuses_a_field_the_services_page_does_not_list(sandbox, emulator, fields):
+    """OpenAI's API has these fields; BetterToken's page does not, so a strict server refuses them."""
+    response = _post(sandbox, [("image", ("a.png", PNG, "image/png"))], **fields)
+    [name] = fields
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": f"Unknown parameter: '{name}'.",
+        "type": "invalid_request_error",
+        "code": "unknown_parameter",
+        "param": name,
+    }
+    assert emulator.stats()["paid"] == 0
+
+
+def test_unknown_fields_can_be_accepted_when_asked(sandbox, emulator):
+    emulator.configure(strict_fields=False)
+    response = _post(sandbox, [("image", ("a.png", PNG, "image/png"))], quality="high")
+    assert response.status_code == 200
+    assert emulator.stats()["paid"] == 1
+
+
+def test_the_openai_sdk_gets_a_strict_gateways_refusal_as_openai_would_give_it(client, emulator):
+    emulator.configure(refused_fields=["response_format"])
+    with pytest.raises(openai.BadRequestError, match="Unknown parameter: 'response_format'"):
+        client.images.edit(
+            model="gpt-image-2", image=("a.png", PNG, "image/png"), prompt="p", response_format="b64_json"
+        )
+    response = client.images.edit(model="gpt-image-2", image=("a.png", PNG, "image/png"), prompt="p")
+    assert response.data[0].b64_json
+
+
 def test_the_emulator_logs_one_line_per_request_and_never_the_key(tmp_path):
     """Run as a user runs it, in its own process: each request is one line on its output."""
     import os

@@ -135,8 +135,10 @@ def test_test_connection_lists_models_without_paying(emulator, connection):
         ({"host": "www.bettertoken.ai/v1"}, "must be a base URL starting with https://"),
         ({"extra": {"timeout": "soon"}}, "'timeout' must be a number > 0"),
         ({"extra": {"max_attempts": 0}}, "max_attempts must be at least 1"),
+        ({"extra": {"omit_fields": "response_format"}}, r"'omit_fields' must be a list such as \["),
+        ({"extra": {"omit_fields": ["prompt"]}}, r"names \['prompt'\], which are always sent or unknown"),
     ],
-    ids=["no-key", "no-scheme", "bad-timeout", "zero-attempts"],
+    ids=["no-key", "no-scheme", "bad-timeout", "zero-attempts", "omit-not-a-list", "omit-prompt"],
 )
 def test_bad_connections_are_refused_before_any_request(emulator, connection, conn, message):
     hook = BetterTokenHook(connection(**conn))
@@ -184,3 +186,19 @@ def test_an_unknown_connection_extra_is_named_with_the_known_ones(emulator, conn
 def test_a_bad_max_pixels_is_a_config_error(emulator, connection, value):
     with pytest.raises(BetterTokenConfigError, match="'max_pixels' must be a number > 0"):
         BetterTokenHook(connection(extra={"max_pixels": value})).check_config()
+
+
+def test_a_strict_gateway_refuses_response_format_until_the_connection_leaves_it_out(emulator, connection):
+    """OpenAI itself, played by the emulator: gpt-image models refuse response_format as unknown."""
+    emulator.configure(refused_fields=["response_format"])
+    with pytest.raises(BetterTokenBadRequestError, match="Unknown parameter: 'response_format'") as info:
+        BetterTokenHook().edit_image("x", [PNG])
+    assert 'set the extra {"omit_fields": ["response_format"]}' in str(info.value)
+    assert emulator.stats()["paid"] == 0
+
+    result = BetterTokenHook(connection(extra={"omit_fields": ["response_format"]})).edit_image("x", [PNG])
+
+    assert result.png.startswith(b"\x89PNG")
+    sent = emulator.stats()["requests"][-1]["fields"]
+    assert "response_format" not in sent
+    assert sent["output_format"] == "png" and sent["model"] == "gpt-image-2"

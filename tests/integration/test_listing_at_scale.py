@@ -72,8 +72,9 @@ def test_the_listing_plans_the_first_pending_edits_in_key_order_from_lists_alone
     lists = [path for method, path in faulty_s3.requests if method == "GET" and "list-type=2" in path]
     others = [request for request in faulty_s3.requests if request[1] not in lists]
     assert len(lists) == 6 + 2  # 1,000 keys a page: 6 of the 5,004 sources (READMEs too), 2 of outputs
-    # The rest is the preflight's, a fixed three: the bucket, and a probe written and deleted.
-    assert [method for method, _ in others] == ["HEAD", "PUT", "POST"]
+    # The rest is the preflight's, a fixed eight: the bucket, a probe written, read back, written again
+    # create-only (which S3 must refuse) and deleted, and one under _bettertoken/ written, read, deleted.
+    assert [method for method, _ in others] == ["HEAD", "PUT", "HEAD", "PUT", "POST", "PUT", "HEAD", "POST"]
     assert all(".bettertoken-preflight" in path or path.rstrip("/").count("/") == 1 for _, path in others)
     assert emulator.stats()["posts"] == 0
 

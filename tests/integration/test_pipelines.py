@@ -155,3 +155,34 @@ def test_a_listing_over_max_map_length_plans_a_chunk_and_counts_the_rest(
         "planned": 3,
         "remaining": 1,
     }
+
+
+def test_a_listing_skips_keys_without_a_safe_output_path_edits_the_rest_and_records_them(
+    s3, buckets, emulator
+):
+    good = ["catalog/a.jpg", "catalog/shelf/b.png"]
+    bad = {"catalog//c.jpg": "an empty path segment ('//')", "catalog/../d.jpg": "a '..' path segment"}
+    for seed, key in enumerate([*good, *bad]):
+        s3.put_object(Bucket=buckets.src, Key=key, Body=sample_image(48, 32, key[-3:], seed))
+    conf = {"in_bucket": buckets.src, "out_bucket": buckets.out}
+
+    run = load_dag("bettertoken_backfill").test(run_conf=conf)
+
+    assert run.state == "success"
+    assert emulator.stats()["paid"] == 2
+    written = sorted(
+        i["Key"] for i in s3.list_objects_v2(Bucket=buckets.out, Prefix="catalog-edited/")["Contents"]
+    )
+    assert [key for key in written if key.endswith(".png")] == [
+        "catalog-edited/a.png",
+        "catalog-edited/shelf/b.png",
+    ]
+    manifest = run_manifests(s3, buckets.out, "catalog-edited/")[run.run_id]
+    assert manifest["counts"] == {"planned": 2, "done": 2, "skipped": 0, "failed": 0}
+    findings = manifest["findings"]
+    assert findings["skipped_total"] == 2
+    assert findings["skipped_keys"] == [
+        {"key": key, "reason": f"its path has {reason}, so it has no safe output key"}
+        for key, reason in sorted(bad.items())
+    ]
+    assert findings["store"]["conditional_writes"] is True

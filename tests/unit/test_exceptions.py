@@ -16,12 +16,24 @@ def _every_error() -> list[BetterTokenError]:
         for status in (400, 401, 403, 404, 418, 429, 503)
     ]
     errors.append(exceptions.BetterTokenTransportError("no answer", maybe_billed=True, attempts=2))
+    errors.append(
+        exceptions.BetterTokenStorageError(
+            "S3 refused", operation="PutObject", uri="s3://b/k", status=503, code="SlowDown", retryable=True
+        )
+    )
     plain = [
         cls
         for cls in vars(exceptions).values()
         if isinstance(cls, type)
         and issubclass(cls, BetterTokenError)
-        and not issubclass(cls, (exceptions.BetterTokenAPIError, exceptions.BetterTokenTransportError))
+        and not issubclass(
+            cls,
+            (
+                exceptions.BetterTokenAPIError,
+                exceptions.BetterTokenTransportError,
+                exceptions.BetterTokenStorageError,
+            ),
+        )
     ]
     errors += [cls(f"a {cls.__name__}") for cls in plain]
     return errors

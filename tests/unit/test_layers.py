@@ -87,3 +87,17 @@ print(sorted(m for m in added if m.split(".")[0] in tools or m.startswith(tools[
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE / "testing" / "emulator").glob("*.py")), ids=lambda path: path.name
+)
+def test_the_emulator_imports_nothing_from_the_client(path):
+    """The emulator takes what the service accepts from its own table (service_spec.py), written from the
+    service's page: if it imported the client's constants it could never disagree with the client."""
+    client = {"protocol", "hooks", "storage", "triggers", "operators", "plugins", "exceptions"}
+    for name in _imports(path):
+        parts = name.split(".")
+        assert not (parts[0] == "airflow_bettertoken" and len(parts) > 1 and parts[1] in client), (
+            f"{path.name} imports {name}"
+        )

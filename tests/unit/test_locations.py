@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
-from airflow_bettertoken.storage.listing import plan_edits
+from airflow_bettertoken.storage.findings import ListingFindings, SkippedKey, StoreCheck
+from airflow_bettertoken.storage.listing import plan_edits, plan_pending, usable_sources
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 
 
@@ -66,3 +69,67 @@ def test_plan_keeps_relative_paths_and_filters_images():
 def test_plan_refuses_two_sources_for_one_output():
     with pytest.raises(BetterTokenInputError, match=r"would both be written to s3://dst/out/a/x\.png"):
         plan_edits(["in/a/x.jpg", "in/a/x.png"], S3Location("src", "in/"), S3Location("dst", "out/"))
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("in//x.jpg", "an empty path segment ('//')"),
+        ("in/a//x.jpg", "an empty path segment ('//')"),
+        ("in/../x.jpg", "a '..' path segment"),
+        ("in/a/../x.jpg", "a '..' path segment"),
+        ("in/./x.jpg", "a '.' path segment"),
+        ("in/a\x07.jpg", "a control character"),
+        ("in/a\nb.png", "a control character"),
+    ],
+    ids=["leading-empty", "inner-empty", "dotdot", "inner-dotdot", "dot", "bell", "newline"],
+)
+def test_a_key_without_a_safe_output_path_is_skipped_with_its_reason(key, reason):
+    usable, skipped = usable_sources([key, "in/good.jpg"], S3Location("src", "in/"))
+    assert usable == ["in/good.jpg"]
+    assert [(s.key, s.reason) for s in skipped] == [
+        (key, f"its path has {reason}, so it has no safe output key")
+    ]
+
+
+def test_the_providers_own_records_and_non_images_are_dropped_without_a_word():
+    keys = ["_bettertoken/spill/abc.png", "_bettertoken/ledger/x.png.json", "notes//x.txt", "a.png"]
+    assert usable_sources(keys, S3Location("src", "")) == (["a.png"], [])
+
+
+def test_a_plan_skips_bad_keys_and_counts_only_the_images_it_can_use():
+    keys = ["in/a.jpg", "in//b.jpg", "in/../c.jpg", "in/d.png"]
+    plan = plan_pending(
+        keys,
+        ["out/a.png"],
+        S3Location("src", "in/"),
+        S3Location("dst", "out/"),
+        only_pending=True,
+        max_edits=10,
+    )
+    assert [e["source"] for e in plan.edits] == ["s3://src/in/d.png"]
+    assert plan.counts == {"images": 2, "done": 1, "pending": 1, "remaining": 0, "planned": 1}
+    assert [s.key for s in plan.skipped] == ["in/../c.jpg", "in//b.jpg"]
+
+
+def test_a_bad_dest_prefix_is_still_an_error_not_a_skip():
+    with pytest.raises(BetterTokenInputError, match="empty path segment"):
+        plan_pending(
+            ["in/a.jpg"],
+            [],
+            S3Location("src", "in/"),
+            S3Location("dst", "out//"),
+            only_pending=True,
+            max_edits=1,
+        )
+
+
+def test_findings_survive_xcom_and_name_at_most_a_hundred_keys():
+    skipped = [SkippedKey(f"in//{n}.jpg", "why") for n in range(150)]
+    store = StoreCheck("s3://dst/out/", conditional_writes=False, can_list=True)
+    findings = ListingFindings.of(skipped, store)
+    copy = ListingFindings.from_xcom(json.loads(json.dumps(findings.to_xcom())))
+    assert copy == findings
+    assert (len(copy.skipped_keys), copy.skipped_total) == (100, 150)
+    [warning] = findings.to_xcom()["store"]["warnings"]
+    assert "ignores conditional writes" in warning and "duplicates and overwrites are possible" in warning

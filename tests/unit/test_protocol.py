@@ -8,6 +8,7 @@ import pytest
 from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenResponseError
 from airflow_bettertoken.protocol.wire import (
     MAX_IMAGE_BYTES,
+    OMITTABLE_FIELDS,
     build_edit_request,
     parse_edit_answer,
     parse_error_answer,
@@ -42,6 +43,13 @@ def test_one_reference_goes_in_image_with_its_real_content_type():
     [(field, (filename, content, content_type))] = request.form_files()
     assert (field, filename, content_type) == ("image", "image-1.png", "image/png")
     assert content == PNG
+
+
+def test_fields_a_gateway_refuses_can_be_left_out_and_only_those():
+    request = build_edit_request("make it shine", [PNG], "1024x1024")
+    fields = [name for name, _ in request.form_fields(omit={"response_format", "n"})]
+    assert fields == ["model", "prompt", "size", "output_format"]
+    assert set(OMITTABLE_FIELDS) == {"n", "size", "response_format", "output_format"}
 
 
 def test_several_references_go_in_repeated_image_brackets_in_order():

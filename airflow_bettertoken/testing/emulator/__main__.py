@@ -8,8 +8,8 @@ import os
 
 import uvicorn
 
-from airflow_bettertoken.protocol.wire import SIZES
 from airflow_bettertoken.testing.emulator.app import EmulatorConfig, create_app
+from airflow_bettertoken.testing.emulator.service_spec import FIELDS, SIZES
 
 
 def _size_pair(text: str) -> tuple[str, str]:
@@ -40,8 +40,29 @@ def main(argv: list[str] | None = None) -> None:
         metavar="REQUESTED=WxH",
         help="return other pixels than requested, e.g. 1024x1024=1000x1000 (repeatable)",
     )
+    parser.add_argument(
+        "--accept-unknown-fields",
+        action="store_true",
+        help="accept form fields the service's page does not list "
+        "(by default they get a 400, as from a strict server)",
+    )
+    parser.add_argument(
+        "--refuse-field",
+        action="append",
+        default=[],
+        choices=sorted(FIELDS),
+        metavar="FIELD",
+        help="refuse this listed field as unknown, to play a stricter gateway: response_format is what "
+        "OpenAI refuses for gpt-image models (repeatable)",
+    )
     args = parser.parse_args(argv)
-    config = EmulatorConfig(api_key=args.api_key, latency=args.latency, size_map=dict(args.size_map))
+    config = EmulatorConfig(
+        api_key=args.api_key,
+        latency=args.latency,
+        size_map=dict(args.size_map),
+        strict_fields=not args.accept_unknown_fields,
+        refused_fields=tuple(args.refuse_field),
+    )
     print(f"BetterToken emulator on http://{args.host}:{args.port}/v1", flush=True)
     # One line per request (method, path, status, latency, images); never a key or a body.
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)

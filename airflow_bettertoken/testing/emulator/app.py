@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
 import socket
@@ -24,17 +25,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
-from airflow_bettertoken.protocol.wire import (
+from airflow_bettertoken.testing.emulator.imaging import render_edit
+from airflow_bettertoken.testing.emulator.request_log import RequestLog
+from airflow_bettertoken.testing.emulator.service_spec import (
+    FIELDS,
+    FILE_FIELDS,
     IMAGE_TYPES,
     MAX_IMAGE_BYTES,
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
     MODEL,
-    SIZES,
     sniff_image_type,
 )
-from airflow_bettertoken.testing.emulator.imaging import render_edit
-from airflow_bettertoken.testing.emulator.request_log import RequestLog
 
 # The faults "drop" (the connection closes once the request was read), "gateway_timeout" (a 504
 # after it was read) and "truncated_png" (a 200 whose PNG is cut short) each leave the client without
@@ -49,11 +51,20 @@ class EmulatorConfig:
     :param api_key: the only key accepted; any non-empty bearer token when None.
     :param latency: seconds each edit takes, like the real service's minutes.
     :param size_map: requested tier to the pixels returned, e.g. ``{"1024x1024": "1000x1000"}``.
+    :param strict_fields: refuse a form field that the service's page does not list with a 400
+        ``unknown_parameter``, as a strict server does; False accepts and ignores it.
+    :param refused_fields: fields refused as unknown although the page lists them, to play a stricter
+        gateway: ``("response_format",)`` answers as OpenAI does for gpt-image models.
     """
 
     api_key: str | None = None
     latency: float = 0.0
     size_map: dict[str, str] = field(default_factory=dict)
+    strict_fields: bool = True
+    refused_fields: tuple[str, ...] = ()
+
+    def copy(self, **changes: Any) -> EmulatorConfig:
+        return dataclasses.replace(self, **{"size_map": dict(self.size_map), **changes})
 
 
 @dataclass
@@ -164,34 +175,42 @@ async def _check_images(form: Any) -> list[bytes]:
     return images
 
 
+def _check_known_fields(form: Any, config: EmulatorConfig) -> None:
+    """Refuse a field the page does not list (or one this emulator plays a gateway that refuses)."""
+    for name in dict.fromkeys(form.keys()):
+        listed = name in FIELDS or name in FILE_FIELDS
+        if name in config.refused_fields or (config.strict_fields and not listed):
+            raise EmulatorError(400, f"Unknown parameter: '{name}'.", "unknown_parameter", name)
+
+
 def _check_fields(form: Any) -> tuple[str, str]:
-    def value(name: str, default: str | None = None) -> str | None:
+    """Check each listed text field against the page's table; the prompt and size come back."""
+
+    def value(name: str) -> str | None:
         got = form.get(name)
-        return got if isinstance(got, str) else default
+        return got if isinstance(got, str) else FIELDS[name][1]
 
     if value("model") != MODEL:
         raise EmulatorError(
             400, f"Invalid model {value('model')!r}; use '{MODEL}'.", "invalid_model", "model"
         )
-    prompt = value("prompt", "")
+    prompt = value("prompt") or ""
     if not prompt.strip():
         raise EmulatorError(400, "prompt is required.", "invalid_value", "prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise EmulatorError(
             400, f"prompt is longer than {MAX_PROMPT_CHARS} characters.", "string_above_max_length"
         )
-    if value("n", "1") != "1":
-        raise EmulatorError(400, "n must be 1.", "invalid_value", "n")
-    size = value("size", "auto")
-    if size not in SIZES:
-        raise EmulatorError(
-            400, f"Invalid size {size!r}; supported: {', '.join(SIZES)}.", "invalid_value", "size"
-        )
-    if value("response_format", "b64_json") != "b64_json":
-        raise EmulatorError(400, "response_format must be b64_json.", "invalid_value", "response_format")
-    if value("output_format", "png") != "png":
-        raise EmulatorError(400, "output_format must be png.", "invalid_value", "output_format")
-    return prompt, size
+    for name in ("n", "size", "response_format", "output_format"):
+        allowed = FIELDS[name][0] or ()
+        if value(name) not in allowed:
+            raise EmulatorError(
+                400,
+                f"Invalid {name} {value(name)!r}; supported: {', '.join(allowed)}.",
+                "invalid_value",
+                name,
+            )
+    return prompt, value("size") or "auto"
 
 
 def _fault_response(fault: dict[str, Any]) -> Response:
@@ -211,7 +230,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     initial = config or EmulatorConfig()
     app = FastAPI(title="BetterToken emulator", docs_url=None, redoc_url=None)
     app.add_middleware(RequestLog)
-    state = {"config": EmulatorConfig(initial.api_key, initial.latency, dict(initial.size_map))}
+    state = {"config": initial.copy()}
     ledger = Ledger()
     faults: deque[dict[str, Any]] = deque()
     ids = itertools.count(1)
@@ -251,6 +270,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
                 if isinstance(v, UploadFile)
             ]
             _check_auth(request, config)
+            _check_known_fields(form, config)
             prompt, size = _check_fields(form)
             images = await _check_images(form)
             request.state.images = len(images)
@@ -306,10 +326,12 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     async def configure(request: Request) -> dict[str, Any]:
         changes = await request.json()
         config = state["config"]
-        state["config"] = EmulatorConfig(
-            changes.get("api_key", config.api_key),
-            float(changes.get("latency", config.latency)),
-            dict(changes.get("size_map", config.size_map)),
+        state["config"] = config.copy(
+            api_key=changes.get("api_key", config.api_key),
+            latency=float(changes.get("latency", config.latency)),
+            size_map=dict(changes.get("size_map", config.size_map)),
+            strict_fields=bool(changes.get("strict_fields", config.strict_fields)),
+            refused_fields=tuple(changes.get("refused_fields", config.refused_fields)),
         )
         return {"latency": state["config"].latency, "size_map": state["config"].size_map}
 
@@ -322,7 +344,7 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
         nonlocal ledger
         ledger = Ledger()
         faults.clear()
-        state["config"] = EmulatorConfig(initial.api_key, initial.latency, dict(initial.size_map))
+        state["config"] = initial.copy()
         return {"reset": True}
 
     return app

@@ -1,0 +1,352 @@
+"""Every request the provider makes to its S3 destination: one write primitive, and reads that know AWS.
+
+Every write goes through :meth:`S3IO.put`: the outputs, the preflight's probe, the manifests, and the
+spend ledger's conditional writes. It applies the checked ``s3_extra_args``, takes ``If-None-Match`` /
+``If-Match`` conditions, and turns botocore's errors into a :class:`BetterTokenStorageError` that
+names the permission and the fix. Reads go through :meth:`S3IO.head` and :meth:`S3IO.get`, which
+understand AWS's 403 for a missing key.
+
+**The 403 rule.** Without ``s3:ListBucket`` on a bucket, AWS answers a HEAD or GET of a key that does
+not exist with 403 (``AccessDenied``), not 404 (``NoSuchKey``); it answers the same when the role
+lacks ``s3:GetObject``. So a read never says "missing" for a 403: it says :attr:`Presence.HIDDEN`.
+A caller that would create the object when it is missing can go on with a create-only write
+(``put(..., if_none_match=True)``): S3 refuses it (``written=False``) if the object exists after all.
+
+**Retries.** The client is made from the connection through ``S3Hook``, in botocore's ``standard``
+retry mode (3 attempts with backoff and jitter, for throttling, 5xx and connection errors) unless the
+connection's ``config_kwargs`` sets ``retries``. ``put`` with a ``deadline`` goes on trying after
+botocore gave up, for the upload of an image that was already paid for, and its log says that
+botocore had already retried. Anything else fails at once: waiting does not fix a denied request,
+missing credentials or an invalid parameter.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from airflow_bettertoken.exceptions import BetterTokenStorageError
+from airflow_bettertoken.protocol.retry import Failure, RetryLoop, RetryPolicy, Timing, is_retryable_status
+from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.s3_errors import S3Failure, classify, storage_error
+from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
+
+if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+__all__ = ["S3IO", "BucketAccess", "ObjectRead", "Presence", "PutResult", "upload_policy"]
+
+log = logging.getLogger(__name__)
+
+#: botocore's standard mode, for connections that do not choose their own retries.
+STANDARD_RETRIES = {"mode": "standard"}
+
+# One client per hook, shared by every S3IO made from it (a run's manifest reads a thousand ledgers,
+# each through its own record), as S3Hook caches its own; made under a lock, since threads share it.
+_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_clients_lock = threading.Lock()
+
+
+def upload_policy(deadline: float) -> RetryPolicy:
+    """Retries of an S3 write: bounded by ``deadline`` seconds rather than by a count."""
+    return RetryPolicy(
+        max_attempts=1000, deadline=deadline, backoff_initial=1.0, backoff_multiplier=2.0, backoff_max=30.0
+    )
+
+
+class Presence(enum.Enum):
+    """What a HEAD or GET learned about an object."""
+
+    FOUND = "found"
+    #: 404: the key does not exist.
+    MISSING = "missing"
+    #: 403: a key that does not exist, read without ``s3:ListBucket``, or one the role may not read.
+    HIDDEN = "hidden"
+
+
+@dataclass(frozen=True)
+class ObjectRead:
+    """The answer to :meth:`S3IO.head` or :meth:`S3IO.get`; only ``FOUND`` carries the object's fields.
+
+    ``response`` is botocore's whole answer, for the few callers that need more than these fields.
+    """
+
+    presence: Presence
+    etag: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    content_length: int | None = None
+    content_type: str | None = None
+    body: bytes | None = field(default=None, repr=False)
+    response: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def found(self) -> bool:
+        return self.presence is Presence.FOUND
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What :meth:`S3IO.put` did: ``written`` is False when a condition failed (S3 answered 412)."""
+
+    written: bool
+    etag: str | None = None
+
+
+class BucketAccess(enum.Enum):
+    """What a HEAD of a bucket learned."""
+
+    FOUND = "found"
+    MISSING = "missing"
+    #: 403: the bucket exists, but the role lacks ``s3:ListBucket`` on it (or it is another account's).
+    FORBIDDEN = "forbidden"
+
+
+class S3IO:
+    """The provider's S3 requests on one connection, with its ``s3_extra_args``.
+
+    :param s3_hook: the Amazon provider's hook for the AWS connection; the client comes from it.
+    :param extra_args: ``s3_extra_args``: :class:`S3ExtraArgs`, or a mapping that is checked here. All of
+        them go on every write; ``ExpectedBucketOwner`` and ``RequestPayer`` also on the reads.
+    :param timing: sleep and clocks of the upload loop; tests pass virtual time.
+    """
+
+    def __init__(
+        self,
+        s3_hook: S3Hook,
+        extra_args: S3ExtraArgs | Mapping[str, Any] | None = None,
+        timing: Timing | None = None,
+    ) -> None:
+        self.s3_hook = s3_hook
+        self.extra_args = S3ExtraArgs.parse(extra_args)
+        self.timing = timing or Timing()
+
+    @property
+    def conn_id(self) -> str | None:
+        return self.s3_hook.aws_conn_id
+
+    @cached_property
+    def client(self) -> Any:
+        """The S3 client, in botocore's standard retry mode unless the connection chose its retries.
+
+        Made on first use, which also checks the extra arguments' values against the client's model.
+        """
+        from botocore.config import Config
+
+        with _clients_lock:
+            client = _clients.get(self.s3_hook)
+            if client is None:
+                config = self.s3_hook.config
+                if not config.retries:
+                    config = config.merge(Config(retries=STANDARD_RETRIES))
+                client = self.s3_hook.get_client_type(region_name=self.s3_hook.region_name, config=config)
+                _clients[self.s3_hook] = client
+        self.extra_args.check_values(client.meta.service_model)
+        return client
+
+    def botocore_retries(self) -> str:
+        """botocore's own retry setting, as the upload loop's log states it."""
+        retries = self.client.meta.config.retries or {}
+        attempts = retries.get("total_max_attempts")
+        return f"retry mode {retries.get('mode', 'legacy')}" + (f", {attempts} attempts" if attempts else "")
+
+    def put(
+        self,
+        location: S3Location,
+        body: bytes | bytearray,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        deadline: float | None = None,
+    ) -> PutResult:
+        """Write one object with the extra arguments; the only way the provider writes to S3.
+
+        :param if_none_match: create only: S3 refuses the write if the key exists (``If-None-Match: *``).
+        :param if_match: replace only the version with this ETag (``If-Match``).
+        :param deadline: for an image already paid for: go on retrying throttling, 5xx and connection
+            errors for this many seconds after botocore gave up. None: botocore's retries alone.
+        :returns: the new ETag; or ``written=False`` when a condition failed: 412 (another writer
+            came first), or 404 to an ``if_match`` write (that version was deleted). Read again and
+            decide again.
+        :raises BetterTokenStorageError: when S3 refused the write, or time ran out; it names the
+            botocore class, the permission and the fix. A 409 ``ConditionalRequestConflict`` (two
+            conditional writes at once) is retried within a ``deadline``; without one it is raised
+            with ``retryable=True`` and ``code="ConditionalRequestConflict"``: read again and decide again.
+
+        A record kept with conditional writes (the spend ledger) reads with :meth:`get` and writes::
+
+            read = io.get(location)                       # FOUND, MISSING or HIDDEN (a 403)
+            etag = read.etag if read.found else None
+            result = io.put(location, body, content_type="application/json",
+                            if_match=etag, if_none_match=etag is None)
+            if not result.written: ...                    # another writer won: read and decide again
+
+        A ``HIDDEN`` record may exist: the create-only write then fails (``written=False``), and a
+        second ``HIDDEN`` read means the role lacks ``s3:GetObject`` on it, which is worth an error.
+        """
+        params: dict[str, Any] = {
+            **self.extra_args.for_write(),
+            "Bucket": location.bucket,
+            "Key": location.key,
+            "Body": body,
+            "ContentType": content_type,
+        }
+        if metadata:
+            params["Metadata"] = dict(metadata)
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
+        if if_match is not None:
+            params["IfMatch"] = if_match
+        conditional = if_none_match or if_match is not None
+        loop = RetryLoop(upload_policy(deadline), self.timing) if deadline is not None else None
+        while True:
+            if loop is not None:
+                loop.begin_attempt()
+            try:
+                response = self.client.put_object(**params)
+                return PutResult(True, response.get("ETag"))
+            except (ClientError, BotoCoreError) as err:
+                failure = classify(err)
+                # 412: the condition failed, another writer came first. 404 to an If-Match write:
+                # the version it names was deleted meanwhile, which fails the condition too.
+                if (conditional and failure.status == 412) or (
+                    if_match is not None and failure.status == 404
+                ):
+                    return PutResult(False)
+                if loop is None or not failure.retryable:
+                    raise self._error(err, "PutObject", location, failure) from err
+                decision = self._after_failure(loop, err, failure)
+                if not decision.retry:
+                    raise self._error(err, "PutObject", location, failure, gave_up=decision.reason) from err
+            log.warning(
+                "S3 PutObject of %s failed (%s, botocore %s) after botocore's own retries (%s); "
+                "the upload of this paid image tries again in %.1f s, until upload_deadline=%.0f s",
+                location.uri,
+                failure.code or failure.status or failure.message,
+                failure.botocore_class,
+                self.botocore_retries(),
+                decision.wait,
+                deadline,
+            )
+            loop.wait(decision)
+
+    @staticmethod
+    def _after_failure(loop: RetryLoop, err: Exception, failure: S3Failure) -> Any:
+        if isinstance(err, ClientError) and failure.status and is_retryable_status(failure.status):
+            headers = err.response.get("ResponseMetadata", {}).get("HTTPHeaders")
+            return loop.after_failure(status=failure.status, headers=headers)
+        # A throttling code under another status, or no answer: writing the same object again is safe.
+        return loop.after_failure(failure=Failure.NOT_SENT)
+
+    def head(self, location: S3Location) -> ObjectRead:
+        """HEAD an object: ``FOUND`` with its fields, ``MISSING`` (404) or ``HIDDEN`` (403; see the module).
+
+        :raises BetterTokenStorageError: for any other failure.
+        """
+        return self._read("HeadObject", location, {})
+
+    def get(self, location: S3Location, *, byte_range: str | None = None) -> ObjectRead:
+        """GET an object's bytes (or ``byte_range``, e.g. ``"bytes=0-63"``), with :meth:`head`'s 403 rule.
+
+        :raises BetterTokenStorageError: for any other failure.
+        """
+        return self._read("GetObject", location, {"Range": byte_range} if byte_range else {})
+
+    def _read(self, operation: str, location: S3Location, extra: dict[str, Any]) -> ObjectRead:
+        request = self.client.head_object if operation == "HeadObject" else self.client.get_object
+        try:
+            response = request(
+                Bucket=location.bucket, Key=location.key, **self.extra_args.for_read(), **extra
+            )
+            body = response["Body"].read() if "Body" in response else None
+        except (ClientError, BotoCoreError) as err:
+            failure = classify(err)
+            if failure.status == 404 and failure.code in (None, "404", "NoSuchKey", "NotFound"):
+                return ObjectRead(Presence.MISSING)
+            if failure.status == 403 and failure.code in (None, "403", "AccessDenied"):
+                return ObjectRead(Presence.HIDDEN)
+            raise self._error(err, operation, location, failure) from err
+        return ObjectRead(
+            Presence.FOUND,
+            etag=response.get("ETag"),
+            metadata=response.get("Metadata") or {},
+            content_length=response.get("ContentLength"),
+            content_type=response.get("ContentType"),
+            body=body,
+            response={k: v for k, v in response.items() if k != "Body"},
+        )
+
+    def delete(self, location: S3Location) -> None:
+        """Delete one object (``DeleteObjects``, as ``S3Hook`` does); deleting a missing key is no error.
+
+        :raises BetterTokenStorageError: naming ``s3:DeleteObject`` when it is denied.
+        """
+        try:
+            response = self.client.delete_objects(
+                Bucket=location.bucket,
+                Delete={"Objects": [{"Key": location.key}], "Quiet": True},
+                **self.extra_args.for_read(),
+            )
+        except (ClientError, BotoCoreError) as err:
+            raise self._error(err, "DeleteObjects", location) from err
+        for error in response.get("Errors", []):
+            # DeleteObjects answers 200 and lists, with their codes, the keys it could not delete.
+            status = 403 if error.get("Code") == "AccessDenied" else None
+            answer = {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}
+            raise self._error(ClientError(answer, "DeleteObjects"), "DeleteObjects", location)
+
+    def bucket(self, name: str) -> BucketAccess:
+        """HEAD a bucket: it exists, it does not (404), or the role may not list it (403).
+
+        :raises BetterTokenStorageError: for any other failure.
+        """
+        try:
+            self.client.head_bucket(Bucket=name, **self._only("ExpectedBucketOwner"))
+        except (ClientError, BotoCoreError) as err:
+            failure = classify(err)
+            if failure.status == 404:
+                return BucketAccess.MISSING
+            if failure.status == 403:
+                return BucketAccess.FORBIDDEN
+            raise self._error(err, "HeadBucket", S3Location(name, ""), failure) from err
+        return BucketAccess.FOUND
+
+    def list_keys(self, prefix: S3Location) -> list[str]:
+        """Every key under the prefix, through paginated ``ListObjectsV2``: no request per object.
+
+        :raises BetterTokenStorageError: naming ``s3:ListBucket`` on the bucket when it is denied.
+        """
+        paginator = self.client.get_paginator("list_objects_v2")
+        keys: list[str] = []
+        try:
+            for page in paginator.paginate(
+                Bucket=prefix.bucket, Prefix=prefix.key, **self.extra_args.for_read()
+            ):
+                keys.extend(item["Key"] for item in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as err:
+            raise self._error(err, "ListObjectsV2", prefix) from err
+        return keys
+
+    def _only(self, *names: str) -> dict[str, Any]:
+        return {name: value for name, value in self.extra_args.for_read().items() if name in names}
+
+    def _error(
+        self,
+        err: ClientError | BotoCoreError,
+        operation: str,
+        location: S3Location,
+        failure: S3Failure | None = None,
+        gave_up: str = "",
+    ) -> BetterTokenStorageError:
+        return storage_error(
+            err, operation, location, self.conn_id, self.extra_args, failure=failure, gave_up=gave_up
+        )

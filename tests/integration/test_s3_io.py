@@ -1,0 +1,77 @@
+"""S3IO, the provider's one S3 write primitive and its reads, against moto and the AWS-like proxy.
+
+The spend ledger keeps its records with these calls; each behaviour it relies on is here.
+"""
+
+from __future__ import annotations
+
+import pytest
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+from airflow_bettertoken.exceptions import BetterTokenStorageError
+from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.s3_io import S3IO, BucketAccess, Presence
+
+KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def io(conn_id: str = "aws_default", **extra) -> S3IO:
+    return S3IO(S3Hook(aws_conn_id=conn_id), extra or None)
+
+
+def test_conditional_writes_one_writer_wins_and_the_loser_learns_it(s3, buckets):
+    record = S3Location(buckets.out, "_bettertoken/ledger/a.png.json")
+    store = io()
+
+    created = store.put(record, b"{}", content_type="application/json", if_none_match=True)
+    again = store.put(record, b'{"x": 1}', if_none_match=True)
+    updated = store.put(record, b'{"x": 2}', content_type="application/json", if_match=created.etag)
+    stale = store.put(record, b'{"x": 3}', if_match=created.etag)
+
+    assert (created.written, again.written, updated.written, stale.written) == (True, False, True, False)
+    assert created.etag and updated.etag and updated.etag != created.etag
+    read = store.get(record)
+    assert (read.presence, read.body, read.etag) == (Presence.FOUND, b'{"x": 2}', updated.etag)
+    assert read.content_type == "application/json"
+    store.delete(record)
+    assert store.put(record, b"{}", if_match=updated.etag).written is False  # deleted meanwhile
+    assert store.head(record).presence is Presence.MISSING
+
+
+def test_every_write_carries_the_extra_arguments(s3, buckets):
+    location = S3Location(buckets.out, "edited/a.png")
+    io(ServerSideEncryption="aws:kms", SSEKMSKeyId=KMS_KEY).put(location, b"png", metadata={"width": "1"})
+    head = s3.head_object(Bucket=buckets.out, Key=location.key)
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"], head["Metadata"]) == (
+        "aws:kms",
+        KMS_KEY,
+        {"width": "1"},
+    )
+
+
+def test_without_list_bucket_a_missing_key_is_hidden_not_missing(s3, buckets, faulty_s3):
+    faulty_s3.no_list_bucket = True
+    store = io("aws_faulty")
+    s3.put_object(Bucket=buckets.out, Key="there.json", Body=b"{}")
+
+    assert store.head(S3Location(buckets.out, "missing.json")).presence is Presence.HIDDEN
+    assert store.get(S3Location(buckets.out, "missing.json")).presence is Presence.HIDDEN
+    assert store.get(S3Location(buckets.out, "there.json")).body == b"{}"  # reading needs s3:GetObject only
+    assert store.bucket(buckets.out) is BucketAccess.FORBIDDEN
+    # A create-only write is still safe: it creates what was missing and refuses what was there.
+    assert store.put(S3Location(buckets.out, "missing.json"), b"{}", if_none_match=True).written
+    assert not store.put(S3Location(buckets.out, "there.json"), b"{}", if_none_match=True).written
+
+
+def test_with_list_bucket_missing_is_missing(buckets):
+    store = io()
+    assert store.get(S3Location(buckets.out, "missing.json")).presence is Presence.MISSING
+    assert store.bucket(buckets.out) is BucketAccess.FOUND
+    assert store.bucket("no-such-bucket-s3io") is BucketAccess.MISSING
+
+
+def test_a_write_the_store_refuses_is_explained(buckets, faulty_s3):
+    faulty_s3.require_kms = True
+    with pytest.raises(BetterTokenStorageError, match="may require server-side encryption") as info:
+        io("aws_faulty").put(S3Location(buckets.out, "_bettertoken/runs/r.json"), b"{}")
+    assert (info.value.status, info.value.code, info.value.retryable) == (403, "AccessDenied", False)
