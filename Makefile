@@ -40,3 +40,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/catalog.py
 	$(BIN)/python benchmarks/spend.py
+	$(BIN)/python benchmarks/chain.py

@@ -10,8 +10,11 @@ until nothing remains, so one trigger edits a whole catalog:
 
     airflow dags trigger bettertoken_backfill --conf '{"until_done": true, "max_edits_per_run": 500}'
 
-The run records itself in ``_manifests/<run id>.json`` next to the outputs, and ``_manifest.json``
-sums every run. A run in which any edit failed ends ``failed``. Over a date range, with ``by_date``
+The runs of a chain share a record under ``_bettertoken/chains/``: the first run lists the
+catalog once, every later run lists only what comes after the keys settled before it. Edits
+that failed for good are not planned again; ``retry_failed`` plans them once more. The run
+records itself in ``_manifests/<run id>.json`` next to the outputs, and ``_manifest.json`` sums
+every run. A run in which any edit failed ends ``failed``. Over a date range, with ``by_date``
 on, each run takes the day's sub-prefix:
 
     airflow backfill create --dag-id bettertoken_backfill \\
@@ -58,6 +61,11 @@ with DAG(
         "until_done": Param(
             False, type="boolean", description="Trigger the next run until every image is done"
         ),
+        "retry_failed": Param(
+            False,
+            type="boolean",
+            description="Plan again the edits that failed for good in earlier runs of the chain",
+        ),
     },
 ) as dag:
     source = "s3://{{ params.in_bucket }}/{{ params.source_prefix }}" + DAY
@@ -67,6 +75,7 @@ with DAG(
         source_prefix=source,
         dest_prefix=dest,
         max_edits="{{ params.max_edits_per_run }}",
+        replan_failed="{{ params.retry_failed }}",
     )
     edits = BetterTokenImageEditOperator.partial(
         task_id="edit_image",

@@ -11,11 +11,15 @@ from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_bettertoken.exceptions import BetterTokenInputError, fail_task_on_permanent_error
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+from airflow_bettertoken.operators.next_chunk import is_on
 from airflow_bettertoken.operators.preflight import preflight
+from airflow_bettertoken.storage.chain import ChainState, chain_location, progress_line
+from airflow_bettertoken.storage.chunks import plan_chunk
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
-from airflow_bettertoken.storage.listing import plan_pending
-from airflow_bettertoken.storage.locations import parse_s3_prefix
+from airflow_bettertoken.storage.listing import Plan, plan_pending
+from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.objects import ImageStore
+from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 
 if TYPE_CHECKING:
@@ -31,10 +35,16 @@ class BetterTokenListImagesOperator(BaseOperator):
     ``BetterTokenImageEditOperator.partial(...).expand_kwargs(...)``, in source key order, so that chunks
     are stable from run to run. An empty list makes Airflow skip the mapped edit.
 
-    Two paginated LISTs (sources, and outputs under ``dest_prefix``) decide what is pending; no object
-    is read. The XCom key ``counts`` holds ``images``, ``done``, ``pending``, ``planned`` and
-    ``remaining``. First, a preflight checks the BetterToken connection (``GET /models``, not paid)
-    and that ``dest_prefix`` can be written, so that a wrong key or bucket fails once, here.
+    Paginated LISTs decide what is pending; no object is read. Runs chained by
+    :class:`~airflow_bettertoken.operators.next_chunk.BetterTokenNextChunkOperator` share a record
+    (``storage/chain.py``): the chain's first run lists the catalog whole, once; every later run
+    lists sources only after the keys earlier runs settled, and outputs only across the keys it
+    plans, so a chain's listing costs grow with the catalog, not its square. Edits that failed for
+    good in an earlier run of the chain are not planned again (unless ``replan_failed``); those that
+    may succeed on another try are planned first. The XCom key ``counts`` holds ``images``, ``done``,
+    ``pending``, ``planned``, ``remaining`` and ``failed_for_good``. First, a preflight checks the
+    BetterToken connection (``GET /models``, not paid) and that ``dest_prefix`` can be written, so
+    that a wrong key or bucket fails once, here.
 
     Keys that have no safe output path (an empty ``//``, ``.`` or ``..`` segment, a control character)
     are skipped, and the listing goes on; they and what the preflight found about the store (whether
@@ -46,6 +56,8 @@ class BetterTokenListImagesOperator(BaseOperator):
         for a forced re-edit with ``if_exists="replace"``.
     :param max_edits: plan at most this many; default ``[core] max_map_length``. The rest is left for
         later runs and counted in ``remaining``.
+    :param replan_failed: plan again the edits that failed for good in earlier runs of the chain (a
+        forced retry, say after raising ``max_billed_calls``). (templated)
     :param preflight: run the preflight checks first.
     :param s3_extra_args: what the edits add to every S3 write, with ``S3Hook``'s meaning, e.g.
         ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``: the preflight's probe is written
@@ -54,7 +66,13 @@ class BetterTokenListImagesOperator(BaseOperator):
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("source_prefix", "dest_prefix", "max_edits", "s3_extra_args")
+    template_fields: Sequence[str] = (
+        "source_prefix",
+        "dest_prefix",
+        "max_edits",
+        "replan_failed",
+        "s3_extra_args",
+    )
 
     def __init__(
         self,
@@ -63,6 +81,7 @@ class BetterTokenListImagesOperator(BaseOperator):
         dest_prefix: str,
         only_pending: bool = True,
         max_edits: int | str | None = None,
+        replan_failed: bool | str = False,
         preflight: bool = True,
         s3_extra_args: dict[str, Any] | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
@@ -74,6 +93,7 @@ class BetterTokenListImagesOperator(BaseOperator):
         self.dest_prefix = dest_prefix
         self.only_pending = only_pending
         self.max_edits = max_edits
+        self.replan_failed = replan_failed
         self.preflight = preflight
         self.s3_extra_args = s3_extra_args
         self.bettertoken_conn_id = bettertoken_conn_id
@@ -94,15 +114,18 @@ class BetterTokenListImagesOperator(BaseOperator):
                 store_check = preflight(BetterTokenHook(self.bettertoken_conn_id), self.store, dest)
                 for warning in store_check.warnings:
                     self.log.warning("Preflight: %s", warning)
-            source_keys = self.store.list_keys(source)
-            output_keys = self.store.list_keys(dest) if self.only_pending else []
-            plan = plan_pending(
-                source_keys, output_keys, source, dest, only_pending=self.only_pending, max_edits=limit
-            )
+            if self.only_pending:
+                plan, chain = self._plan_chunk(context["ti"], source, dest, limit)
+            else:
+                source_keys = self.store.list_keys(source)
+                plan, chain = (
+                    plan_pending(source_keys, [], source, dest, only_pending=False, max_edits=limit),
+                    None,
+                )
         context["ti"].xcom_push(key="counts", value=plan.counts)
         findings = ListingFindings.of(plan.skipped, store_check)
         context["ti"].xcom_push(key=FINDINGS_KEY, value=findings.to_xcom())
-        self.log.info("Images under %s: %s", self.source_prefix, plan.counts)
+        self.log.info("%s", progress_line(plan, chain, self.source_prefix))
         for skipped in plan.skipped[:10]:
             self.log.warning("Skipped %r: %s", skipped.key, skipped.reason)
         if len(plan.skipped) > 10:
@@ -114,6 +137,38 @@ class BetterTokenListImagesOperator(BaseOperator):
                 "%d pending images are left for later runs (max_edits=%d per run)", plan.remaining, limit
             )
         return plan.edits
+
+    def _plan_chunk(
+        self, ti: Any, source: S3Location, dest: S3Location, limit: int
+    ) -> tuple[Plan, ChainState]:
+        """This run's chunk of its chain, and the chain's record with this run's window written in."""
+        record = ConditionalRecord(
+            self.store.s3_hook,
+            chain_location(dest.bucket, ti.dag_id, ti.run_id),
+            extra_args=self.s3_extra_args,
+        )
+        found = record.read()
+        chunk = plan_chunk(
+            self.store,
+            source,
+            dest,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            chain=ChainState.from_json(found) if found else None,
+            max_edits=limit,
+            replan_failed=is_on(self.replan_failed),
+        )
+        window = chunk.state.window(ti.run_id)
+
+        def add_window(current: dict[str, Any] | None) -> dict[str, Any]:
+            # Only this run's window is new; the rest stays as the chain's other runs left it.
+            existing = ChainState.from_json(current) if current else None
+            if existing is None or window is None or existing.source_uri != chunk.state.source_uri:
+                return chunk.state.to_json()
+            return existing.with_window(window).to_json()
+
+        record.update(add_window)
+        return chunk.plan, chunk.state
 
     def _max_edits(self) -> int:
         limit = conf.getint("core", "max_map_length")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
@@ -14,9 +15,11 @@ from airflow_bettertoken.exceptions import BetterTokenError, fail_task_on_perman
 from airflow_bettertoken.operators._xcom import materialize, task_id_of
 from airflow_bettertoken.operators.next_chunk import DECISION_KEY
 from airflow_bettertoken.protocol.spend import RunSpend, run_spend
+from airflow_bettertoken.storage.chain import ChainState, RunResult, chain_location, failed_edit, run_line
 from airflow_bettertoken.storage.findings import FINDINGS_KEY
 from airflow_bettertoken.storage.ledger import read_ledgers
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
+from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.run_manifest import build_run_manifest, write_manifests
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 
@@ -86,6 +89,10 @@ class BetterTokenManifestOperator(BaseOperator):
     def s3_hook(self) -> S3Hook:
         return S3Hook(aws_conn_id=self.aws_conn_id)
 
+    @property
+    def _extra_args(self) -> dict[str, Any]:
+        return S3ExtraArgs.parse(self.s3_extra_args).for_write()
+
     def execute(self, context: Context) -> dict[str, int]:
         ti = context["ti"]
         with fail_task_on_permanent_error():
@@ -117,11 +124,11 @@ class BetterTokenManifestOperator(BaseOperator):
             **manifest,
         }
         with fail_task_on_permanent_error():
-            run_uri = write_manifests(
-                self.s3_hook, summary, manifest, extra_args=S3ExtraArgs.parse(self.s3_extra_args).for_write()
-            )
-        counts, spend = manifest["counts"], manifest["spend"]
-        self.log.info("Wrote %s and the summary %s: %s; spend %s", run_uri, self.manifest_uri, counts, spend)
+            run_uri = write_manifests(self.s3_hook, summary, manifest, extra_args=self._extra_args)
+        counts = manifest["counts"]
+        chain = self._settle_chain(planned, manifest, context)
+        self.log.info("Wrote %s and the summary %s", run_uri, self.manifest_uri)
+        self.log.info("%s", run_line(ti.run_id, manifest, chain))
         if counts["failed"] and self.fail_on_failed_edits:
             first = manifest["failures"][0]
             raise AirflowFailException(
@@ -146,6 +153,53 @@ class BetterTokenManifestOperator(BaseOperator):
             self.s3_hook, sorted(o for o in outputs if o is not None and o.bucket == bucket)
         )
         return run_spend(ledgers, ti.dag_id, ti.run_id)
+
+    def _settle_chain(
+        self, planned: list[Mapping[str, Any]], manifest: Mapping[str, Any], context: Context
+    ) -> ChainState | None:
+        """Tell the chain's record what this run settled, so that its next run plans after it."""
+        ti = context["ti"]
+        if not planned or not self.listing_task_id:
+            return None
+        written = {output["output_uri"] for output in manifest["outputs"]}
+        failures = {failure["dest"]: failure for failure in manifest["failures"]}
+        done, for_good, may_retry = [], {}, []
+        for edit in planned:
+            key = parse_s3_uri(edit["source"], "source").key
+            failure = failures.get(edit["dest"])
+            if edit["dest"] in written:
+                done.append(key)
+            elif failure and failure.get("for_good"):
+                for_good[key] = failed_edit(failure.get("error"), failure.get("reason", ""), ti.run_id)
+            else:
+                may_retry.append(key)
+        started = getattr(context.get("dag_run"), "start_date", None)
+        result = RunResult(
+            run_id=ti.run_id,
+            planned=len(planned),
+            done=len(done),
+            failed=len(for_good) + len(may_retry),
+            failed_for_good=len(for_good),
+            started_at=started.timestamp() if started else None,
+            finished_at=time.time(),
+            spend=dict(manifest["spend"]),
+        )
+        bucket = parse_s3_uri(planned[0]["dest"], "dest").bucket
+        record = ConditionalRecord(
+            self.s3_hook, chain_location(bucket, ti.dag_id, ti.run_id), extra_args=self._extra_args
+        )
+
+        def settle(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if current is None:
+                return None  # the listing keeps no chain (a forced re-edit of everything)
+            state = ChainState.from_json(current)
+            return state.after_run(
+                result, done=done, failed_for_good=for_good, failed_may_retry=may_retry
+            ).to_json()
+
+        with fail_task_on_permanent_error():
+            settled = record.update(settle)
+        return ChainState.from_json(settled) if settled else None
 
     def _chain_decision(self, ti: Any) -> dict[str, Any] | None:
         """What the next-chunk task decided; None if it failed before deciding (or there is none)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -10,27 +9,19 @@ from airflow.providers.common.compat.sdk import AirflowSkipException
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
 from airflow_bettertoken.operators._xcom import materialize, task_id_of
-from airflow_bettertoken.protocol.result import EditXCom
+from airflow_bettertoken.protocol.result import EditFailure, EditXCom
+from airflow_bettertoken.storage.chain import next_chunk_run_id
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
-__all__ = ["BetterTokenNextChunkOperator", "next_chunk_run_id"]
+__all__ = ["BetterTokenNextChunkOperator", "is_on", "next_chunk_run_id"]
 
-_CHUNK_SUFFIX = re.compile(r"__chunk(\d+)$")
 #: The XCom key of the decision: ``{"next_run_id": ..., "reason": ...}``.
 DECISION_KEY = "next_chunk"
 
 
-def next_chunk_run_id(run_id: str) -> str:
-    """``manual__X`` is followed by ``manual__X__chunk2``, then ``manual__X__chunk3``, and so on."""
-    match = _CHUNK_SUFFIX.search(run_id)
-    if match is None:
-        return f"{run_id}__chunk2"
-    return f"{run_id[: match.start()]}__chunk{int(match.group(1)) + 1}"
-
-
-def _is_on(value: Any) -> bool:
+def is_on(value: Any) -> bool:
     """A flag that may arrive rendered from a template, as the text ``"True"``."""
     return value is True or str(value).strip().lower() in ("true", "1", "yes")
 
@@ -39,10 +30,12 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
     """Trigger the next run of this DAG, with the same conf, while planned-but-not-done images remain.
 
     It triggers only when ``until_done`` is on, the listing left ``remaining > 0``, and this run
-    finished at least one edit: a run that made no progress (a permanent failure, say) never
-    triggers another, so it cannot loop and keep paying. Otherwise it is skipped. With
-    ``max_active_runs=1`` the runs follow each other. Its decision is pushed as XCom ``next_chunk``
-    (``{"next_run_id", "reason"}``) for the manifest.
+    settled at least one edit: done, or failed for good (an edit that failed for good is not planned
+    again, so the next chunk goes to edits that can succeed). A run that settled nothing (every edit
+    met a failure that a retry might heal, such as an expired key) never triggers another, so it
+    cannot loop and keep paying. Otherwise it is skipped. With ``max_active_runs=1`` the runs follow
+    each other. A run cleared and run again finds its next run there already and leaves it be. Its
+    decision is pushed as XCom ``next_chunk`` (``{"next_run_id", "reason"}``) for the manifest.
 
     :param edits: the listing's output: ``list_task.output``; its ``counts`` XCom says what remains.
     :param results: the mapped edit's output: ``edit_task.output``. (templated)
@@ -56,6 +49,7 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
     template_fields: Sequence[str] = (
         *TriggerDagRunOperator.template_fields,
         "results",
+        "failures",
         "until_done",
         "conf_updates",
     )
@@ -70,25 +64,40 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
+        # A cleared run finds the run it triggered before: that one goes on (or went on) by itself.
+        kwargs.setdefault("skip_when_already_exists", True)
         super().__init__(trigger_dag_id="{{ dag.dag_id }}", **kwargs)
         self.listing_task_id = task_id_of(edits)
         self.results = results
+        # The failed edits' records, which say whether they failed for good.
+        self.failures = results["failure"] if task_id_of(results) else None
         self.until_done = until_done
         self.conf_updates = conf_updates or {}
 
     def execute(self, context: Context) -> None:
         ti = context["ti"]
         counts = ti.xcom_pull(task_ids=self.listing_task_id, key="counts") or {}
-        results = map(EditXCom.from_xcom, materialize(self.results))
-        finished = sum(1 for result in results if result and not result.skipped)
+        finished = sum(1 for result in map(EditXCom.from_xcom, materialize(self.results)) if result)
+        for_good = sum(
+            1
+            for failure in map(EditFailure.from_xcom, materialize(self.failures))
+            if failure and failure.for_good
+        )
         remaining = counts.get("remaining", 0)
-        if not _is_on(self.until_done):
+        blocked = counts.get("failed_for_good", 0) + for_good
+        left_alone = (
+            f"; {blocked} edits failed for good and are not planned again (their reasons are in the "
+            "manifests): trigger with retry_failed to try them once more"
+            if blocked
+            else ""
+        )
+        if not is_on(self.until_done):
             reason = "until_done is off: this run is the only one"
         elif not remaining:
-            reason = "no images remain: this was the last run"
-        elif not finished:
+            reason = f"no images remain to be planned: this was the last run{left_alone}"
+        elif not finished and not for_good:
             reason = (
-                f"{remaining} images remain, but this run finished no edit, so no next run is triggered "
+                f"{remaining} images remain, but this run settled no edit, so no next run is triggered "
                 "(it would meet the same failure); fix the cause and trigger again"
             )
         else:
@@ -101,6 +110,10 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
         self.trigger_run_id = run_id
         self.conf = {**(context["dag_run"].conf or {}), **self.conf_updates}
         self.log.info(
-            "%d edits done in this run, %d images remain: triggering %s", finished, remaining, run_id
+            "%d edits done and %d failed for good in this run, %d images remain: triggering %s",
+            finished,
+            for_good,
+            remaining,
+            run_id,
         )
         super().execute(context)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from airflow_bettertoken.exceptions import BetterTokenError
 from airflow_bettertoken.protocol.wire import MODEL, EditAnswer
 
 __all__ = [
@@ -220,6 +221,8 @@ class EditXCom:
 class EditFailure:
     """Why one edit failed, pushed as the edit task's XCom ``failure`` (a failed task has no return value).
 
+    :param for_good: no retry can help (bad input, a spent budget, a paid answer that was unusable):
+        a chain of runs does not plan the edit again.
     :param evidence_uri: where a paid but unusable answer was kept, for the provider's support.
     """
 
@@ -230,14 +233,21 @@ class EditFailure:
     aws_conn_id: str | None = None
     evidence_uri: str | None = None
     ledger_uri: str | None = None
+    for_good: bool = False
 
     @classmethod
     def from_error(cls, source: Any, dest: Any, error: BaseException, **more: Any) -> EditFailure:
-        """Small and JSON-safe: the edit, the error class, the error's first line, cut short."""
+        """Small and JSON-safe: the edit, the error class, the error's first line, cut short.
+
+        Our errors say whether a retry may help; any other error might heal, so it counts as retryable.
+        """
         reason = (str(error).strip().splitlines() or [""])[0]
         if len(reason) > _MAX_REASON_CHARS:
             reason = reason[:_MAX_REASON_CHARS] + "..."
-        return cls(source=source, dest=dest, error=type(error).__name__, reason=reason, **more)
+        for_good = isinstance(error, BetterTokenError) and not error.retryable
+        return cls(
+            source=source, dest=dest, error=type(error).__name__, reason=reason, for_good=for_good, **more
+        )
 
     def to_xcom(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -64,8 +64,9 @@ class Plan:
     """The edits one run makes, and where the whole image set stands.
 
     ``images``: the sources found; ``done``: those whose output exists; ``pending``: the rest;
-    ``planned``: what this run makes; ``remaining``: what is left for later runs. ``skipped``: keys
-    that could not be planned (not counted as images), with their reasons.
+    ``planned``: what this run makes; ``remaining``: what is left for later runs; ``failed_for_good``:
+    edits that failed for good in an earlier run of the chain, not planned again (nor counted in
+    ``pending``). ``skipped``: keys that could not be planned (not counted as images), with reasons.
     """
 
     edits: list[dict[str, str]]
@@ -74,6 +75,7 @@ class Plan:
     pending: int
     remaining: int
     skipped: list[SkippedKey] = field(default_factory=list)
+    failed_for_good: int = 0
 
     @property
     def counts(self) -> dict[str, int]:
@@ -83,6 +85,7 @@ class Plan:
             "pending": self.pending,
             "remaining": self.remaining,
             "planned": len(self.edits),
+            "failed_for_good": self.failed_for_good,
         }
 
 

@@ -7,7 +7,7 @@ Every request goes through :class:`~airflow_bettertoken.storage.s3_io.S3IO`, whi
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenStorageError
@@ -85,6 +85,10 @@ class ImageStore:
     def list_keys(self, prefix: S3Location) -> list[str]:
         """Every key under the prefix, through paginated LISTs: no request per object."""
         return self.io.list_keys(prefix)
+
+    def list_pages(self, prefix: S3Location, start_after: str = "") -> Iterator[list[str]]:
+        """The keys under the prefix after ``start_after``, a LIST page at a time."""
+        return self.io.list_pages(prefix, start_after)
 
     def check_writable(self, prefix: S3Location) -> StoreCheck:
         """Probe the destination as the edits use it, so that a wrong bucket or policy fails before paying.

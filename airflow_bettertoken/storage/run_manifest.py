@@ -90,7 +90,13 @@ def build_run_manifest(
         ],
         "failures": [
             _failure_entry(reasons.get(e["dest"]))
-            or {"source": e["source"], "dest": e["dest"], "error": None, "reason": "the task left no record"}
+            or {
+                "source": e["source"],
+                "dest": e["dest"],
+                "error": None,
+                "reason": "the task left no record",
+                "for_good": False,
+            }
             for e in failed
         ],
         "outputs": [
@@ -112,7 +118,13 @@ def build_run_manifest(
 def _failure_entry(failure: EditFailure | None) -> dict[str, Any] | None:
     if failure is None:
         return None
-    return {"source": failure.source, "dest": failure.dest, "error": failure.error, "reason": failure.reason}
+    return {
+        "source": failure.source,
+        "dest": failure.dest,
+        "error": failure.error,
+        "reason": failure.reason,
+        "for_good": failure.for_good,
+    }
 
 
 # Runs whose figures the summary keeps one by one, for the latest run and throughput over recent runs.

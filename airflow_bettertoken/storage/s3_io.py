@@ -26,7 +26,7 @@ import enum
 import logging
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -335,6 +335,22 @@ class S3IO:
         except (ClientError, BotoCoreError) as err:
             raise self._error(err, "ListObjectsV2", prefix) from err
         return keys
+
+    def list_pages(self, prefix: S3Location, start_after: str = "") -> Iterator[list[str]]:
+        """The keys under the prefix that sort after ``start_after``, a page (up to 1,000) at a time,
+        so that a caller who has seen enough stops listing.
+
+        :raises BetterTokenStorageError: naming ``s3:ListBucket`` on the bucket when it is denied.
+        """
+        paginator = self.client.get_paginator("list_objects_v2")
+        after = {"StartAfter": start_after} if start_after else {}
+        try:
+            for page in paginator.paginate(
+                Bucket=prefix.bucket, Prefix=prefix.key, **after, **self.extra_args.for_read()
+            ):
+                yield [item["Key"] for item in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as err:
+            raise self._error(err, "ListObjectsV2", prefix) from err
 
     def _only(self, *names: str) -> dict[str, Any]:
         return {name: value for name, value in self.extra_args.for_read().items() if name in names}

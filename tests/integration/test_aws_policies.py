@@ -105,7 +105,8 @@ def test_with_s3_extra_args_dag_wide_every_object_is_stored_with_kms(
     assert emulator.stats()["paid"] == 3
     stored = objects(s3, catalog.out)
     assert stored == [
-        # The spend ledger's records are written with the same arguments.
+        # The chain's record and the spend ledger's are written with the same arguments.
+        "_bettertoken/chains/test_dag/manual__test.json",
         "_bettertoken/ledger/edited/item-0.png.json",
         "_bettertoken/ledger/edited/item-1.png.json",
         "_bettertoken/ledger/edited/item-2.png.json",

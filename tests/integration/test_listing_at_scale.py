@@ -68,14 +68,21 @@ def test_the_listing_plans_the_first_pending_edits_in_key_order_from_lists_alone
         "pending": 3500,
         "planned": 1000,
         "remaining": 2500,
+        "failed_for_good": 0,
     }
     lists = [path for method, path in faulty_s3.requests if method == "GET" and "list-type=2" in path]
     others = [request for request in faulty_s3.requests if request[1] not in lists]
     assert len(lists) == 6 + 2  # 1,000 keys a page: 6 of the 5,004 sources (READMEs too), 2 of outputs
     # The rest is the preflight's, a fixed eight: the bucket, a probe written, read back, written again
-    # create-only (which S3 must refuse) and deleted, and one under _bettertoken/ written, read, deleted.
-    assert [method for method, _ in others] == ["HEAD", "PUT", "HEAD", "PUT", "POST", "PUT", "HEAD", "POST"]
-    assert all(".bettertoken-preflight" in path or path.rstrip("/").count("/") == 1 for _, path in others)
+    # create-only (which S3 must refuse) and deleted, and one under _bettertoken/ written, read, deleted;
+    # then the chain's record, read and written (this is the chain's first run).
+    assert [method for method, _ in others] == [
+        *("HEAD", "PUT", "HEAD", "PUT", "POST", "PUT", "HEAD", "POST"),
+        *("GET", "PUT"),
+    ]
+    preflight, chain = others[:8], others[8:]
+    assert all(".bettertoken-preflight" in path or path.rstrip("/").count("/") == 1 for _, path in preflight)
+    assert all("/_bettertoken/chains/" in path for _, path in chain)
     assert emulator.stats()["posts"] == 0
 
 
@@ -84,6 +91,7 @@ def test_a_finished_catalog_plans_nothing(catalog, s3, emulator, faulty_s3, task
         missing = [n for n in range(SOURCES) if not is_done(n)]
         list(pool.map(lambda n: s3.put_object(Bucket=catalog.out, Key=output_key(n), Body=b"x"), missing))
 
+    task_context["ti"].run_id = "manual__a_new_chain"  # not the chain of the test before, on this catalog
     assert listing(catalog).execute(task_context) == []
     assert task_context["ti"].xcoms["counts"] == {
         "images": 5000,
@@ -91,6 +99,7 @@ def test_a_finished_catalog_plans_nothing(catalog, s3, emulator, faulty_s3, task
         "pending": 0,
         "planned": 0,
         "remaining": 0,
+        "failed_for_good": 0,
     }
 
 

@@ -45,7 +45,14 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
     assert manifest["dag_id"] == "bettertoken_backfill"
     # The listing planned only the 8 images without an output: the 2 done ones cost no task at all.
     assert manifest["counts"] == {"planned": 8, "done": 8, "skipped": 0, "failed": 0}
-    assert manifest["listing"] == {"images": 10, "done": 2, "pending": 8, "planned": 8, "remaining": 0}
+    assert manifest["listing"] == {
+        "images": 10,
+        "done": 2,
+        "pending": 8,
+        "planned": 8,
+        "remaining": 0,
+        "failed_for_good": 0,
+    }
     assert (manifest["remaining"], manifest["next_run_id"], manifest["failures"]) == (0, None, [])
     assert len(manifest["size_mismatches"]) == 8  # the emulator returns 1536x1008 for 1536x1024
     assert manifest["size_mismatches"][0] == {
@@ -154,6 +161,7 @@ def test_a_listing_over_max_map_length_plans_a_chunk_and_counts_the_rest(
         "pending": 4,
         "planned": 3,
         "remaining": 1,
+        "failed_for_good": 0,
     }
 
 

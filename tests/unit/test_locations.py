@@ -108,7 +108,14 @@ def test_a_plan_skips_bad_keys_and_counts_only_the_images_it_can_use():
         max_edits=10,
     )
     assert [e["source"] for e in plan.edits] == ["s3://src/in/d.png"]
-    assert plan.counts == {"images": 2, "done": 1, "pending": 1, "remaining": 0, "planned": 1}
+    assert plan.counts == {
+        "images": 2,
+        "done": 1,
+        "pending": 1,
+        "remaining": 0,
+        "planned": 1,
+        "failed_for_good": 0,
+    }
     assert [s.key for s in plan.skipped] == ["in/../c.jpg", "in//b.jpg"]
 
 

@@ -1,0 +1,259 @@
+"""A catalog backfill's progress, kept per chain of runs, so that no run lists what an earlier one did.
+
+One record per chain (the first run and the runs it triggers, ``X``, ``X__chunk2``, ...), in the
+destination bucket at ``_bettertoken/chains/<dag id>/<first run id>.json``:
+
+- The chain's first run lists the whole catalog once (sources and outputs) and counts it.
+- Every later run lists sources only after the **watermark**, the last source key an earlier run
+  settled (``StartAfter``), a page at a time until its chunk is full, and outputs only across the
+  range of the keys it plans. A run cleared and run again plans its own window again.
+- Edits that failed and may succeed on another try are planned first by the next run; edits that
+  failed for good (bad input, the spend budget spent) are not planned again unless asked.
+
+What changes behind the watermark during a chain (a deleted output, a new source among listed
+keys) is noticed by the next chain: a new trigger lists the catalog afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
+
+__all__ = [
+    "RECENT_RUNS_FOR_RATE",
+    "ChainState",
+    "FailedEdit",
+    "RunResult",
+    "Window",
+    "chain_location",
+    "chain_root",
+    "failed_edit",
+    "next_chunk_run_id",
+    "progress_line",
+    "run_line",
+]
+
+_CHUNK_SUFFIX = re.compile(r"__chunk(\d+)$")
+#: Runs whose pace gives the chain's rate and ETA.
+RECENT_RUNS_FOR_RATE = 5
+# Kept of a failure's reason in the chain record; the run manifests keep 500 characters.
+_MAX_REASON_CHARS = 200
+
+
+def chain_root(run_id: str) -> str:
+    """The chain's first run: ``X`` for ``X``, ``X__chunk2``, ``X__chunk3``..."""
+    match = _CHUNK_SUFFIX.search(run_id)
+    return run_id if match is None else run_id[: match.start()]
+
+
+def next_chunk_run_id(run_id: str) -> str:
+    """``manual__X`` is followed by ``manual__X__chunk2``, then ``manual__X__chunk3``, and so on."""
+    match = _CHUNK_SUFFIX.search(run_id)
+    if match is None:
+        return f"{run_id}__chunk2"
+    return f"{run_id[: match.start()]}__chunk{int(match.group(1)) + 1}"
+
+
+def chain_location(bucket: str, dag_id: str, run_id: str) -> S3Location:
+    """Where the chain of ``run_id`` keeps its record."""
+    root = re.sub(r"[^A-Za-z0-9._-]+", "_", chain_root(run_id))
+    return S3Location(bucket, f"{RESERVED_PREFIX}chains/{dag_id}/{root}.json")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The source keys one run looked at: after ``after``, through ``through``, plus its retried keys."""
+
+    run_id: str
+    after: str
+    through: str
+    retried: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FailedEdit:
+    """An edit that failed for good, with its error class and reason, and the run where it did."""
+
+    error: str | None
+    reason: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run of the chain settled, written by its manifest task (again, if it runs again)."""
+
+    run_id: str
+    planned: int
+    done: int
+    failed: int
+    failed_for_good: int
+    started_at: float | None
+    finished_at: float
+    spend: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.started_at is None else max(0.0, self.finished_at - self.started_at)
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """Where a chain of runs stands: what its first run counted, each run's window, and what failed.
+
+    :param images: the source images its first run counted.
+    :param done_at_start: of them, those whose output existed already.
+    :param retry: source keys that failed and may succeed on another try: planned first.
+    :param failed: source keys that failed for good: not planned again unless asked.
+    """
+
+    dag_id: str
+    root_run_id: str
+    source_uri: str
+    dest_uri: str
+    images: int = 0
+    done_at_start: int = 0
+    windows: tuple[Window, ...] = ()
+    retry: tuple[str, ...] = ()
+    failed: Mapping[str, FailedEdit] = field(default_factory=dict)
+    runs: tuple[RunResult, ...] = ()
+
+    @property
+    def watermark(self) -> str:
+        """The last source key any run of the chain settled; later runs list after it."""
+        return max((window.through for window in self.windows), default="")
+
+    @property
+    def done(self) -> int:
+        return self.done_at_start + sum(run.done for run in self.runs)
+
+    @property
+    def pending(self) -> int:
+        """Images neither done nor failed for good: still to plan, or to try again."""
+        return max(0, self.images - self.done - len(self.failed))
+
+    @property
+    def spend(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for run in self.runs:
+            for name, value in run.spend.items():
+                total[name] = total.get(name, 0) + value
+        return total
+
+    def window(self, run_id: str) -> Window | None:
+        return next((w for w in self.windows if w.run_id == run_id), None)
+
+    def with_window(self, window: Window) -> ChainState:
+        others = tuple(w for w in self.windows if w.run_id != window.run_id)
+        return dataclasses.replace(self, windows=(*others, window))
+
+    def images_per_hour(self) -> float | None:
+        """The chain's pace over its recent runs, from their done edits and their wall time."""
+        recent = [run for run in self.runs if run.seconds][-RECENT_RUNS_FOR_RATE:]
+        seconds = sum(run.seconds or 0.0 for run in recent)
+        done = sum(run.done for run in recent)
+        return done / seconds * 3600 if seconds > 0 and done > 0 else None
+
+    def eta_seconds(self) -> float | None:
+        rate = self.images_per_hour()
+        return None if rate is None else self.pending / rate * 3600
+
+    def after_run(
+        self,
+        result: RunResult,
+        *,
+        done: Iterable[str],
+        failed_for_good: Mapping[str, FailedEdit],
+        failed_may_retry: Iterable[str],
+    ) -> ChainState:
+        """The chain once a run's manifest settled its edits (by source key); a run settled again
+        (its manifest task ran again) replaces what it settled before."""
+        settled = set(done) | set(failed_for_good)
+        may_retry = [key for key in failed_may_retry if key not in settled]
+        retry = [key for key in self.retry if key not in settled and key not in may_retry]
+        failed = {**self.failed, **failed_for_good}
+        for key in done:
+            failed.pop(key, None)  # a forced retry that worked
+        runs = tuple(run for run in self.runs if run.run_id != result.run_id)
+        return dataclasses.replace(
+            self,
+            retry=(*retry, *may_retry),
+            failed=failed,
+            runs=(*runs, result),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        document = dataclasses.asdict(self)
+        document["failed"] = {key: dataclasses.asdict(value) for key, value in self.failed.items()}
+        return {"format": 1, **document}
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> ChainState:
+        return cls(
+            dag_id=document["dag_id"],
+            root_run_id=document["root_run_id"],
+            source_uri=document["source_uri"],
+            dest_uri=document["dest_uri"],
+            images=document.get("images", 0),
+            done_at_start=document.get("done_at_start", 0),
+            windows=tuple(
+                Window(w["run_id"], w["after"], w["through"], tuple(w.get("retried", ())))
+                for w in document.get("windows", ())
+            ),
+            retry=tuple(document.get("retry", ())),
+            failed={key: FailedEdit(**value) for key, value in (document.get("failed") or {}).items()},
+            runs=tuple(RunResult(**run) for run in document.get("runs", ())),
+        )
+
+
+def progress_line(plan: Any, chain: ChainState | None, source_uri: str) -> str:
+    """One log line on where the catalog stands, what this run plans, and when it should end."""
+    counts = plan.counts
+    if chain is None:
+        return f"Images under {source_uri}: {counts}"
+    failed = len(chain.failed)
+    share = f" ({failed / chain.images:.1%})" if chain.images else ""
+    line = (
+        f"Catalog {chain.source_uri} -> {chain.dest_uri}: {chain.done:,} of {chain.images:,} done, "
+        f"{failed:,} failed for good{share}, {counts['remaining']:,} remaining after this run, "
+        f"which plans {counts['planned']:,}"
+    )
+    rate, eta = chain.images_per_hour(), chain.eta_seconds()
+    if rate is None or eta is None:
+        return f"{line}; no finished run yet to give a pace"
+    return f"{line}; about {_duration(eta)} left at {rate:,.0f} images an hour over the recent runs"
+
+
+def run_line(run_id: str, manifest: Mapping[str, Any], chain: ChainState | None) -> str:
+    """One log line on what a run did, what it spent, and where its catalog stands now."""
+    counts, spend = manifest["counts"], manifest["spend"]
+    for_good = sum(1 for failure in manifest["failures"] if failure.get("for_good"))
+    line = (
+        f"Run {run_id}: {counts['planned']} planned, {counts['done']} done, {counts['skipped']} found "
+        f"done already, {counts['failed']} failed ({for_good} for good); spend: {spend['posts']} POSTs, "
+        f"{spend['paid']} paid, {spend['maybe_billed']} maybe billed, {spend['billed_without_image']} "
+        "billed without an image"
+    )
+    if chain is None:
+        return line
+    return f"{line}; the catalog: {chain.done:,} of {chain.images:,} done, {chain.pending:,} to go"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
+def failed_edit(error: str | None, reason: str, run_id: str) -> FailedEdit:
+    """A failure as the chain keeps it: its reason cut short."""
+    if len(reason) > _MAX_REASON_CHARS:
+        reason = reason[:_MAX_REASON_CHARS] + "..."
+    return FailedEdit(error=error, reason=reason, run_id=run_id)
