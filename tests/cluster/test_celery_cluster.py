@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import boto3
@@ -118,6 +120,28 @@ def outputs(s3, prefix: str) -> dict[str, bytes]:
     return {key: s3.get_object(Bucket=BUCKET_OUT, Key=key)["Body"].read() for key in keys}
 
 
+def waits_in_triggerer(cluster: Cluster, run_id: str) -> list[float]:
+    """Seconds each edit of the run spent deferred, waiting for another task's claim, from its task log."""
+    waits = []
+    for path in (cluster.logs / "task-logs").rglob("*.log"):
+        if f"run_id={run_id}" not in str(path) or "task_id=edit_image" not in str(path):
+            continue
+        started = ended = None
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            event, when = str(record.get("event", "")), record.get("timestamp")
+            if "waiting in the triggerer" in event and started is None:
+                started = when
+            elif "Done waiting for another task's claim" in event and started is not None:
+                ended = when
+        if started and ended:
+            waits.append((datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds())
+    return waits
+
+
 def ledgers(s3, prefix: str) -> list[OutputLedger]:
     """The spend ledgers of the outputs under ``prefix``."""
     found = outputs(s3, f"_bettertoken/ledger/{prefix}")
@@ -207,6 +231,7 @@ def test_run_3_a_worker_killed_mid_run(cluster, cluster_report):
         stems = seed(s3, "kill/", 60)
         control = emulator(cluster)
         control.reset()
+        control.configure(latency=6)  # long calls: the edits killed in flight are mostly mid-call
         killed: dict[str, float] = {}
 
         def running_on_worker_1() -> list[tuple]:
@@ -243,22 +268,23 @@ def test_run_3_a_worker_killed_mid_run(cluster, cluster_report):
         assert 60 <= paid <= 60 + killed["tasks"]
         retried = [row for row in cluster.task_instances(DAG_ID, "run-3", "edit_image") if row[3] > 1]
         assert retried and all(row[2] == "worker2" for row in retried)
-        # Each retry waited for the dead worker's claim to lapse before it paid: the ledgers show when.
-        waits = []
-        for ledger in ledgers(s3, "kill-edited/"):
-            [entry] = ledger.edits
-            dead = [a for a in entry.attempts if a.by.hostname == "worker1" and "renewing" in (a.cause or "")]
-            if dead:
-                retry = next(a for a in entry.attempts if a.number > dead[0].number)
-                waits.append(retry.sent_at - killed["to"])
-        assert len(waits) == paid - 60 and all(wait > 0 for wait in waits)
+        # The retries found the dead worker's claims and waited in the triggerer until they lapsed.
+        waits = waits_in_triggerer(cluster, "run-3")
+        lapsed = [
+            a
+            for ledger in ledgers(s3, "kill-edited/")
+            for a in ledger.edits[0].attempts
+            if "renewing" in (a.cause or "")
+        ]
+        assert len(lapsed) == paid - 60 and waits and all(wait > 0 for wait in waits)
         cluster_report(
             f"run 3: worker 1 killed with {killed['tasks']:.0f} edits in flight ({open_requests} requests "
             f"open at the emulator); {paid} paid POSTs for 60 images, {paid - 60} maybe-billed re-sends; "
-            f"{len(retried)} tasks retried on worker 2, each resending "
-            f"{min(waits, default=0):.0f} to {max(waits, default=0):.0f} s after the kill, once the dead "
-            f"worker's claim had lapsed (claim_seconds={DEFAULT_CLAIM_SECONDS:.0f})"
+            f"{len(retried)} tasks retried on worker 2, of which {len(waits)} waited {min(waits):.0f} to "
+            f"{max(waits):.0f} s in the triggerer for the dead worker's claim to lapse "
+            f"(claim_seconds={DEFAULT_CLAIM_SECONDS:.0f}) before going on"
         )
+        control.configure(latency=EMULATOR_LATENCY)
         peaks = ", ".join(f"{name} {rss / 1e6:.0f} MB" for name, rss in sorted(cluster.peak_memory.items()))
         cluster_report(f"peak memory (PSS) of each worker's process tree: {peaks}")
 
@@ -273,6 +299,7 @@ def test_run_4_two_dags_on_the_same_images_pay_once_through_a_triggerer_restart(
         stems = seed(s3, f"incoming/{DAY}/", 24)
         control = emulator(cluster)
         control.reset()
+        control.configure(latency=8)  # edits long enough for the two DAGs' edits of an image to meet
         restarted: dict[str, int] = {}
 
         def restart_the_triggerer_while_edits_wait() -> None:
@@ -283,15 +310,28 @@ def test_run_4_two_dags_on_the_same_images_pay_once_through_a_triggerer_restart(
                 restarted["waiting"] = waiting
                 cluster.restart("triggerer")  # a deploy: every trigger is cancelled and started again
 
-        # The scheduled DAG and a backfill over the same day: the same prompt, size, sources and outputs.
-        cluster.trigger(
-            "bettertoken_scheduled_edit", "run-4-scheduled", {}, logical_date=f"{DAY}T00:00:00+00:00"
-        )
-        cluster.trigger(
-            DAG_ID,
-            "run-4-backfill",
-            {"source_prefix": f"incoming/{DAY}/", "dest_prefix": f"edited/{DAY}/", "prompt": SAME_PROMPT},
-        )
+        cluster.restart("worker1")  # killed in run 3: both workers again
+        # Half the slots for the backfill's pool, so that both DAGs edit side by side, in the same order.
+        cluster.airflow("pools", "set", "bettertoken", str(SLOTS // 2), "BetterToken paid image edits")
+        # The scheduled DAG and a backfill over the same day: the same prompt, size, sources and outputs,
+        # triggered at the same moment.
+        backfill = {
+            "source_prefix": f"incoming/{DAY}/",
+            "dest_prefix": f"edited/{DAY}/",
+            "prompt": SAME_PROMPT,
+        }
+        triggers = [
+            threading.Thread(
+                target=cluster.trigger,
+                args=("bettertoken_scheduled_edit", "run-4-scheduled", {}),
+                kwargs={"logical_date": f"{DAY}T00:00:00+00:00"},
+            ),
+            threading.Thread(target=cluster.trigger, args=(DAG_ID, "run-4-backfill", backfill)),
+        ]
+        for thread in triggers:
+            thread.start()
+        for thread in triggers:
+            thread.join()
         states = [
             cluster.wait_for_run(dag_id, run_id, timeout=300, on_tick=restart_the_triggerer_while_edits_wait)
             for dag_id, run_id in (
@@ -300,22 +340,24 @@ def test_run_4_two_dags_on_the_same_images_pay_once_through_a_triggerer_restart(
             )
         ]
 
+        cluster.airflow("pools", "set", "bettertoken", str(SLOTS), "BetterToken paid image edits")
         assert states == ["success", "success"]
+        assert restarted, "no edit was deferred, so the triggerer was not restarted"
         stats = control.stats()
         assert (stats["posts"], stats["paid"]) == (24, 24)  # one POST an image, for both DAGs
         found = outputs(s3, f"edited/{DAY}/")
         images = [key for key in found if not key.split("/")[2].startswith("_manifest")]
         assert sorted(images) == sorted(f"edited/{DAY}/{stem.split('/', 2)[2]}.png" for stem in stems)
-        waited = sum(
-            "waiting in the triggerer" in path.read_text(errors="replace")
-            for path in (cluster.logs / "task-logs").rglob("*")
-            if path.is_file() and "run-4" in str(path)
-        )
+        waited = [
+            w for run_id in ("run-4-scheduled", "run-4-backfill") for w in waits_in_triggerer(cluster, run_id)
+        ]
+        assert waited, "no edit of either DAG waited for the other's claim"
+        control.configure(latency=EMULATOR_LATENCY)
         cluster_report(
             f"run 4: the scheduled DAG and a backfill over the same 24 images at once: "
-            f"{stats['posts']} POSTs, both runs green; {waited} edits waited in the triggerer for the "
-            f"other DAG's claim, and the triggerer was restarted with {restarted.get('waiting', 0)} of "
-            "them waiting"
+            f"{stats['posts']} POSTs, both runs green; {len(waited)} edits waited in the triggerer "
+            f"({min(waited):.0f} to {max(waited):.0f} s) for the other DAG's claim, and the triggerer "
+            f"was restarted with {restarted.get('waiting', 0)} of them waiting"
         )
 
 
