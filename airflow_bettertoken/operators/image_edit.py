@@ -80,10 +80,12 @@ class BetterTokenImageEditOperator(BaseOperator):
     :param image_label: the edit's name in the grid and the gallery, e.g. the source's path under the listed
         prefix (the listing sets it); default the first source's file name. (templated)
     :param bettertoken_conn_id: the BetterToken connection.
-    :param aws_conn_id: the AWS connection for S3.
+    :param aws_conn_id: the AWS connection for S3. (templated)
     """
 
-    template_fields: Sequence[str] = ("prompt", "source", "dest", "size", "image_label")
+    # aws_conn_id is templated as in the Amazon provider's operators; it also puts the connection in the
+    # serialized DAG and the rendered fields, where the gallery reads it (never from XCom).
+    template_fields: Sequence[str] = ("prompt", "source", "dest", "size", "image_label", "aws_conn_id")
     ui_color = "#e8f0fe"
     operator_extra_links = (OutputImageLink(), SourceImagesLink())
     #: Sleep and clocks of the API and upload retry loops; tests replace it to run in virtual time.
@@ -235,7 +237,7 @@ class BetterTokenImageEditOperator(BaseOperator):
             result = self.hook.edit_image(
                 prompt, images, size, idempotency_key=self._idempotency_key(context, digest)
             )
-        xcom = self._store(output, result, prompt, source_uris, spill, digest)
+        xcom = self._store(output, result, prompt, source_uris, spill, digest, made_by=context["ti"])
         spill.discard(digest)
         return xcom
 
@@ -253,6 +255,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         source_uris: list[str],
         spill: SpillDir,
         digest: str,
+        made_by: Any,
     ) -> EditXCom:
         """Apply the size policy and upload the PNG; keep it in the spill directory if that fails."""
         if result.size_matches is False:
@@ -272,7 +275,7 @@ class BetterTokenImageEditOperator(BaseOperator):
             written = self.store.put_png(
                 output,
                 result.png,
-                result.s3_metadata(prompt, source_uris),
+                result.s3_metadata(prompt, source_uris, made_by=made_by),
                 create_only=self.if_exists != "replace",
                 deadline=self.upload_deadline,
             )
