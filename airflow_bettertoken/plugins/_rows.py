@@ -60,9 +60,12 @@ class EditRow:
 
     @property
     def status(self) -> str:
-        if self.result:
+        """Done or skipped as the XCom says, once verified; otherwise Airflow's own task state."""
+        verified = self.shown.reason is None
+        if self.result and verified:
             return "skipped" if self.result.skipped else "done"
-        return "failed" if self.state in ("failed", "upstream_failed") or self.failure else self.state
+        failed = self.state in ("failed", "upstream_failed") or (self.failure and verified)
+        return "failed" if failed else self.state
 
     def image(self, which: str) -> tuple[AwsConnection, S3Location] | None:
         """The object this row may show as ``which``, with the connection to read it: never from XCom."""

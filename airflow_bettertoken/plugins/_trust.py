@@ -111,6 +111,10 @@ def choose_connection(
     return task.aws_conn
 
 
+def _failure_agrees(failure: EditFailure, rendered: Mapping[str, Any]) -> bool:
+    return (_uris(failure.source), failure.dest) == (_uris(rendered.get("source")), rendered.get("dest"))
+
+
 def _against_rendered(reported: Reported, rendered: Mapping[str, Any], planned: Planned) -> str | None:
     """Why the XCom disagrees with the rendered fields, or None when it agrees."""
     result, failure = reported.result, reported.failure
@@ -120,7 +124,7 @@ def _against_rendered(reported: Reported, rendered: Mapping[str, Any], planned: 
         planned_uris,
     ):
         return f"its XCom names other objects than {BY_RENDERED_FIELDS} (output {planned.output.uri})"
-    if failure is not None and (_uris(failure.source), failure.dest) != (planned_uris, planned.dest):
+    if failure is not None and not _failure_agrees(failure, rendered):
         return f"its failure record names other objects than {BY_RENDERED_FIELDS}"
     if "aws_conn_id" in rendered:
         for record in (result, failure):
@@ -174,6 +178,8 @@ def decide(
         shown = Shown(output, planned.sources, aws_conn, BY_RENDERED_FIELDS)
     elif reported.result is None and reported.failure is None:
         return Shown()  # nothing recorded, so nothing to verify (the task has not run, or not that far)
+    elif reported.result is None and rendered is not None and _failure_agrees(reported.failure, rendered):
+        return Shown(checked_against=BY_RENDERED_FIELDS)  # it failed on inputs that name no S3 object
     else:
         missing = no_rendered_fields if rendered is None else "its rendered source and dest are not S3 URIs"
         if reported.result is None:

@@ -79,6 +79,10 @@ CASES = {
         Reported(failure=edited(FAILURE, source=SECRET_TEXT, aws_conn_id="aws_secret")),
         RENDERED, CONN, {}, "failure record names other objects",
     ),
+    "failed-on-a-source-that-is-no-uri": (
+        Reported(failure=edited(FAILURE, source="mug.jpg")), {**RENDERED, "source": "mug.jpg"}, CONN, {},
+        (None, [], BY_RENDERED),
+    ),
     "unreadable": (Reported(unreadable="return_value"), RENDERED, CONN, {}, "is not an edit's record"),
     "nothing-recorded": (Reported(), None, CONN, {}, (None, [], None)),
     "metadata-agrees": (

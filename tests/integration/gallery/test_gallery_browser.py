@@ -106,4 +106,4 @@ def test_rows_whose_xcom_was_forged_show_text_and_why_and_no_image(browser, serv
 
     assert labels == ["lamp.png", "mug.png", "notes.png"]
     assert len(widths) == 2 and all(width > 0 for width in widths)  # lamp.png's source and output only
-    assert len(reasons) == 2 and all("names other objects" in reason for reason in reasons), reasons
+    assert len(reasons) == 2 and all(forged["patched_reason"] in reason for reason in reasons), reasons

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-from html import unescape
+from html import escape, unescape
 from urllib.parse import quote
 
 import pytest
@@ -54,9 +54,9 @@ def image_links(html: str) -> list[str]:
 
 
 def rows(html: str) -> dict[int, str]:
-    return {
-        int(index): row for index, row in re.findall(r"edit_image\[(-?\d+)\]</span>(.*?)</article>", html)
-    }
+    """Each row's HTML by its map index."""
+    articles = re.findall(r'<article class="edit">(.*?)</article>', html)
+    return {int(re.search(r"edit_image\[(-?\d+)\]", article).group(1)): article for article in articles}
 
 
 def test_no_image_link_of_the_page_serves_what_forged_xcom_names(server, forged):
@@ -89,9 +89,14 @@ def test_a_forged_row_shows_its_xcom_as_text_and_why(server, forged):
 
     assert sorted(by_index) == [0, 1, 2]
     assert "<img" in by_index[0] and "checked against the task&#x27;s rendered source and dest" in by_index[0]
+    # Their status is Airflow's task state, not the "done" that the forged record claims.
+    assert 'status-other">success' in by_index[1] and 'status-failed">failed' in by_index[2]
     for index in (1, 2):
         assert "<img" not in by_index[index] and "/image?" not in by_index[index]
-        assert "not verified: its XCom names other objects than the task&#x27;s rendered" in by_index[index]
+        assert (
+            "not verified: its XCom" in by_index[index]
+            and escape(forged["patched_reason"]) in by_index[index]
+        )
         assert forged["secret_image"] in by_index[index]  # as text: what the XCom says
     empty = rows(page(server, forged["empty_run"]).text)
     assert list(empty) == [-1] and "/image?" not in empty[-1]
