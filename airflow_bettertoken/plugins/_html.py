@@ -69,6 +69,8 @@ def _details(row: EditRow) -> str:
     shown = row.shown
     if shown.reason:
         items.append(("record", f'<span class="reason">not verified: {escape(shown.reason)}</span>'))
+        if row.reported.unreadable_text:
+            items.append((f"{escape(row.reported.unreadable)} (XCom)", escape(row.reported.unreadable_text)))
         named = result.source_uris if result else row.failure.source if row.failure else []
         items += [
             ("source (XCom)", escape(str(uri))) for uri in (named if isinstance(named, list) else [named])

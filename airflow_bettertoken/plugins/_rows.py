@@ -3,6 +3,7 @@ which objects each may show (:mod:`._trust` decides, from the rendered fields or
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ PAGE_SIZE = 50
 #: Which image of a task instance: its output, or one of its (at most 16) sources.
 WHICH = re.compile(r"^(output|source-(?:[0-9]|1[0-5]))$")
 _XCOM_KEYS = ("return_value", "failure")
+# An XCom value that is no edit record is shown as text, this long at most.
+_MAX_UNREADABLE_CHARS = 600
 # The setting that bounds how many runs keep them was renamed in Airflow 3.3, so the reason names neither.
 NO_RENDERED_FIELDS = (
     "Airflow holds no rendered fields for this task instance (it keeps those of a task's latest runs only)"
@@ -203,7 +206,11 @@ def _reported(values: Mapping[tuple[str, int, str], Any], task_id: str, map_inde
         for key, record in zip(_XCOM_KEYS, (result, failure), strict=True)
         if key in raw and record is None
     ]
-    return Reported(result, failure, unreadable[0] if unreadable else None)
+    if not unreadable:
+        return Reported(result, failure)
+    text = json.dumps(raw[unreadable[0]], default=str)
+    cut = text if len(text) <= _MAX_UNREADABLE_CHARS else text[:_MAX_UNREADABLE_CHARS] + "..."
+    return Reported(result, failure, unreadable[0], cut)
 
 
 def _rows(

@@ -45,11 +45,13 @@ class Reported:
     """What the task instance's XCom says: a report to show, never a record of which object to read.
 
     :param unreadable: the XCom key whose value is there but is not an edit record.
+    :param unreadable_text: that value as JSON, cut short, to be shown as text.
     """
 
     result: EditXCom | None = None
     failure: EditFailure | None = None
     unreadable: str | None = None
+    unreadable_text: str | None = None
 
 
 @dataclass(frozen=True)
