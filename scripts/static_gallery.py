@@ -1,6 +1,8 @@
 """The gallery as static pages that open from disk: ``make demo`` writes them into ``demo-output/``.
 
-The same renderer as the gallery in the Airflow UI; the images are copied next to the pages.
+The same renderer as the gallery in the Airflow UI; the images are copied next to the pages. The demo
+made these runs itself a moment ago in its own sandbox, so it takes their XCom as the record; the
+gallery in the API server never does (see ``airflow_bettertoken/plugins/_trust.py``).
 """
 
 from __future__ import annotations
@@ -8,14 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from airflow_bettertoken.plugins._edit_tasks import AwsConnection
 from airflow_bettertoken.plugins._html import CSS, render_page
 from airflow_bettertoken.plugins._rows import EditRow
-from airflow_bettertoken.storage.locations import parse_s3_uri
+from airflow_bettertoken.plugins._trust import Reported, Shown
+from airflow_bettertoken.protocol.result import EditXCom
+from airflow_bettertoken.storage.locations import S3Location, parse_s3_uri
 
 
-def _copy(s3: Any, uri: str, out_dir: Path, folder: str) -> str:
+def _copy(s3: Any, location: S3Location, out_dir: Path, folder: str) -> str:
     """Copy an S3 object to ``out_dir/folder/<bucket>/<key>``; returns its path relative to the page."""
-    location = parse_s3_uri(uri, "image")
     relative = Path(folder) / location.bucket / location.key
     target = out_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -27,22 +31,29 @@ def write_page(
     s3: Any, out_dir: Path, page: str, dag_id: str, run_id: str, results: list[dict], prefix: str
 ) -> Path:
     """One run's before/after page. ``prefix`` is the listed source prefix, cut from the labels."""
+    records = [EditXCom.from_xcom(result) for result in results]
     rows = [
         EditRow(
             task_id="edit_image",
             map_index=index,
-            label=result["source_uris"][0].removeprefix(prefix),
+            label=record.source_uris[0].removeprefix(prefix),
             state="success",
-            result=result,
-            failure=None,
+            reported=Reported(result=record),
+            shown=Shown(
+                output=parse_s3_uri(record.output_uri, "output"),
+                sources=tuple(parse_s3_uri(uri, "source") for uri in record.source_uris),
+                aws_conn=AwsConnection("aws_default", "the demo"),
+                checked_against="the demo's own run",
+            ),
         )
-        for index, result in enumerate(results)
+        for index, record in enumerate(records)
+        if record is not None
     ]
     copied: dict[tuple[int, str], str] = {}
     for row in rows:
-        copied[(row.map_index, "output")] = _copy(s3, row.result["output_uri"], out_dir, "outputs")
-        for index, uri in enumerate(row.source_uris):
-            copied[(row.map_index, f"source-{index}")] = _copy(s3, uri, out_dir, "sources")
+        copied[(row.map_index, "output")] = _copy(s3, row.shown.output, out_dir, "outputs")
+        for index, location in enumerate(row.shown.sources):
+            copied[(row.map_index, f"source-{index}")] = _copy(s3, location, out_dir, "sources")
     (out_dir / "gallery.css").write_text(CSS)
     html = render_page(
         dag_id=dag_id,

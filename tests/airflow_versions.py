@@ -28,3 +28,13 @@ def has_external_views() -> bool:
     from airflow.plugins_manager import AirflowPlugin
 
     return hasattr(AirflowPlugin, "external_views")
+
+
+def serialize_dag(dag) -> dict:
+    """The DAG as the DAG processor stores it (``SerializedDagModel.data``). The serializer is
+    ``DagSerialization`` from Airflow 3.3 on, ``SerializedDAG`` before."""
+    try:
+        from airflow.serialization.serialized_objects import DagSerialization as serializer
+    except ImportError:
+        from airflow.serialization.serialized_objects import SerializedDAG as serializer
+    return serializer.to_dict(dag)

@@ -99,10 +99,20 @@ class BetterTokenImageEditOperator(BaseOperator):
     :param image_label: the edit's name in the grid and the gallery, e.g. the source's path under the listed
         prefix (the listing sets it); default the first source's file name. (templated)
     :param bettertoken_conn_id: the BetterToken connection.
-    :param aws_conn_id: the AWS connection for S3.
+    :param aws_conn_id: the AWS connection for S3. (templated)
     """
 
-    template_fields: Sequence[str] = ("prompt", "source", "dest", "size", "image_label", "s3_extra_args")
+    # aws_conn_id is templated as in the Amazon provider's operators; it also puts the connection in the
+    # serialized DAG and the rendered fields, where the gallery reads it (never from XCom).
+    template_fields: Sequence[str] = (
+        "prompt",
+        "source",
+        "dest",
+        "size",
+        "image_label",
+        "s3_extra_args",
+        "aws_conn_id",
+    )
     ui_color = "#e8f0fe"
     operator_extra_links = (OutputImageLink(), SourceImagesLink())
     #: Sleep and clocks of the API and upload retry loops; tests replace it to run in virtual time.
@@ -271,7 +281,7 @@ class BetterTokenImageEditOperator(BaseOperator):
         cut: bool | None = None
         try:
             result = self._paid_image(ledger, digest, prompt, size, sources, context)
-            xcom = self._store(output, result, prompt, source_uris, ledger, digest)
+            xcom = self._store(output, result, prompt, source_uris, ledger, digest, made_by=context["ti"])
             cut = False
             return xcom
         except BetterTokenResponseError:
@@ -375,9 +385,10 @@ class BetterTokenImageEditOperator(BaseOperator):
         source_uris: list[str],
         ledger: SpendLedger,
         digest: str,
+        made_by: Any,
     ) -> EditXCom:
         """Apply the size policy and upload the PNG; keep it where a retry finds it if that fails."""
-        metadata = result.s3_metadata(prompt, source_uris)
+        metadata = result.s3_metadata(prompt, source_uris, made_by=made_by)
         if result.size_matches is False:
             message = (
                 f"asked for {result.requested_size}, got {result.width}x{result.height} for {output.uri}"

@@ -2,12 +2,14 @@
 
 A plugin app is not behind Airflow's auth by itself: every route here declares Airflow's own access
 checks. The pages and images of a DAG need the right to read its task instances and its XCom. An
-image is named by DAG, run, task, map index and which image; only objects that the task instance
-recorded in its XCom are served, so no request can make the app read any other S3 object.
+image is named by DAG, run, task, map index and which image, never by S3 address; the object read is
+the one the task's rendered fields or its output's S3 metadata name (:mod:`._trust`), with a connection
+that XCom does not choose, so editing XCom through the REST API cannot make the app read another one.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -16,14 +18,17 @@ from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessE
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.models.dagrun import DagRun
+from airflow.providers.common.compat.sdk import conf
 from botocore.exceptions import ClientError
 from fastapi import Depends, FastAPI, HTTPException, Path, Query
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
+from airflow_bettertoken.plugins._edit_tasks import AwsConnection, EditTaskIndex
 from airflow_bettertoken.plugins._html import CSS, render_page
-from airflow_bettertoken.plugins._images import ImageTooLarge, NotAnImage, ThumbnailCache, read_image
-from airflow_bettertoken.plugins._rows import PAGE_SIZE, WHICH, EditRow, edit_rows, find_row
+from airflow_bettertoken.plugins._images import GalleryImages, ImageTooLarge, NotAnImage
+from airflow_bettertoken.plugins._rows import PAGE_SIZE, WHICH, EditRow, RowSources, edit_rows, find_row
+from airflow_bettertoken.storage.locations import S3Location
 
 # Airflow's own rule for DAG and task ids: letters, digits, '_', '-' and '.'.
 ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,250}$"
@@ -83,7 +88,19 @@ def _check_run(session: Any, dag_id: str, run_id: str) -> None:
 def create_gallery_app() -> FastAPI:
     app = FastAPI(title="BetterToken gallery", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_SecurityHeaders)
-    thumbnails = ThumbnailCache()
+    images = GalleryImages()
+    edit_tasks = EditTaskIndex()
+
+    def row_sources() -> tuple[RowSources, Any]:
+        """What one request reads rows with; its HEADs are asked once each, then remembered."""
+        head = functools.cache(images.objects.head)
+
+        def head_metadata(aws_conn: AwsConnection, location: S3Location) -> Any:
+            found = head(aws_conn.conn_id, location)
+            return found.metadata if found else None
+
+        admin_conn_id = conf.get("bettertoken", "gallery_aws_conn_id", fallback="") or None
+        return RowSources(edit_tasks, head_metadata, admin_conn_id), head
 
     @app.get("/static/gallery.css", dependencies=[Depends(_authenticated)])
     def stylesheet() -> Response:
@@ -101,7 +118,10 @@ def create_gallery_app() -> FastAPI:
         page: int = Query(1, ge=1, le=100_000),
     ) -> HTMLResponse:
         _check_run(session, dag_id, run_id)
-        total, rows = edit_rows(session, dag_id, run_id, task_id=task_id, map_index=map_index, page=page)
+        sources, _ = row_sources()
+        total, rows = edit_rows(
+            session, sources, dag_id, run_id, task_id=task_id, map_index=map_index, page=page
+        )
 
         # Relative URLs: the API server may sit under a base path.
         run_path = quote(run_id, safe="")
@@ -139,21 +159,26 @@ def create_gallery_app() -> FastAPI:
         which: str = Query(pattern=WHICH.pattern),
         size: str = Query("thumb", pattern="^(thumb|full)$"),
     ) -> Response:
-        row = find_row(session, dag_id, run_id, task_id, map_index)
-        recorded = row.image(which) if row else None
-        if recorded is None:
-            raise HTTPException(404, "this task instance recorded no such image")
-        aws_conn_id, location = recorded
+        sources, head = row_sources()
+        row = find_row(session, sources, dag_id, run_id, task_id, map_index)
+        shown = row.image(which) if row else None
+        if shown is None:
+            raise HTTPException(404, "this task instance has no such image that the gallery can verify")
+        aws_conn, location = shown
+        found = head(aws_conn.conn_id, location)
+        if found is None:
+            raise HTTPException(404, "the image is no longer in S3")
         try:
-            data, content_type = read_image(aws_conn_id, location)
             if size == "full":
+                data, content_type = images.full(aws_conn.conn_id, location, found)
                 return Response(data, media_type=content_type)
-            return Response(thumbnails.thumbnail(data), media_type="image/jpeg")
+            thumbnail = images.thumbnail(aws_conn.conn_id, location, found)
+            return Response(thumbnail, media_type="image/jpeg")
         except ImageTooLarge as err:
             raise HTTPException(413, f"the image is too large to show: {err}") from err
         except NotAnImage as err:
             raise HTTPException(415, str(err)) from err
         except ClientError as err:
-            raise HTTPException(404, "the recorded image is no longer in S3") from err
+            raise HTTPException(404, "the image changed or left S3 since this page was made") from err
 
     return app

@@ -46,57 +46,68 @@ def _thumb(row: EditRow, which: str, alt: str, image_url: ImageUrl) -> str:
 
 
 def _details(row: EditRow) -> str:
-    result, items = row.result or {}, []
+    result, items = row.result, []
     if result:
-        real, requested = f"{result.get('width')}x{result.get('height')}", result.get("requested_size") or "?"
+        requested = result.requested_size or "?"
         badge = (
             f' <span class="badge-mismatch" title="asked for {escape(requested)}">size differs</span>'
-            if result.get("size_matches") is False
+            if result.size_matches is False
             else ""
         )
+        usage = ", ".join(f"{k} {v}" for k, v in (result.usage or {}).items()) or "none"
         items += [
-            ("real size", f"{escape(real)}{badge}"),
+            ("real size", f"{result.width}x{result.height}{badge}"),
             ("requested", escape(requested)),
-            ("attempts, seconds", f"{result.get('attempts', 0)}, {result.get('elapsed_s', 0):.1f} s"),
-            (
-                "usage",
-                escape(", ".join(f"{k} {v}" for k, v in (result.get("usage") or {}).items()) or "none"),
-            ),
-            ("output", escape(str(result.get("output_uri")))),
-            ("sha256", escape(str(result.get("sha256") or "")[:12])),
+            ("attempts, seconds", f"{result.attempts}, {result.elapsed_s:.1f} s"),
+            ("usage", escape(usage)),
+            ("output", escape(result.output_uri)),
+            ("sha256", escape((result.sha256 or "")[:12])),
         ]
     if row.failure:
-        reason = f"{row.failure.get('error')}: {row.failure.get('reason')}"
+        reason = f"{row.failure.error}: {row.failure.reason}"
         items.append(("failure", f'<span class="reason">{escape(reason)}</span>'))
+    shown = row.shown
+    if shown.reason:
+        items.append(("record", f'<span class="reason">not verified: {escape(shown.reason)}</span>'))
+        if row.reported.unreadable_text:
+            items.append((f"{escape(row.reported.unreadable)} (XCom)", escape(row.reported.unreadable_text)))
+        named = result.source_uris if result else row.failure.source if row.failure else []
+        items += [
+            ("source (XCom)", escape(str(uri))) for uri in (named if isinstance(named, list) else [named])
+        ]
+    elif shown.checked_against and (result or row.failure):
+        # The XCom agreed on which objects; its figures are the task's own word.
+        note = f"checked against {shown.checked_against}; sizes, attempts and usage as the task reported them"
+        items.append(("record", escape(note)))
     return "<dl>" + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in items) + "</dl>"
 
 
 def _row(row: EditRow, image_url: ImageUrl, anchors: bool) -> str:
     status = row.status if row.status in ("done", "skipped", "failed") else "other"
     label = row.label or row.task_id
-    if row.result:
+    count = len(row.shown.sources)
+    if row.shown.reason:  # an unverified record: its XCom as text in the details, no image at all
+        sources = output = '<span class="empty">not shown</span>'
+    elif row.shown.output:
         sources = "".join(
             _thumb(row, f"source-{index}", f"source {index + 1} of {label}", image_url)
-            for index in range(len(row.source_uris))
+            for index in range(count)
         )
+        output = _thumb(row, "output", f"output of {label}", image_url)
     else:  # a failed edit's source may be what failed (not an image at all): linked, not drawn
         links = [
-            (image_url(row, f"source-{index}", "full"), uri.rsplit("/", 1)[-1])
-            for index, uri in enumerate(row.source_uris)
+            (image_url(row, f"source-{index}", "full"), location.key.rsplit("/", 1)[-1])
+            for index, location in enumerate(row.shown.sources)
         ]
         sources = "<br>".join(f'<a href="{escape(url)}">{escape(name)}</a>' for url, name in links)
-    output = (
-        _thumb(row, "output", f"output of {label}", image_url)
-        if row.result
-        else '<span class="empty">no image</span>'
-    )
+        output = '<span class="empty">no image</span>'
     ids = (' id="sources"', ' id="output"') if anchors else ("", "")
     return (
         f'<article class="edit"><header><h2>{escape(label)}</h2>'
         f'<span class="status status-{status}">{escape(row.status)}</span>'
         f'<span class="meta">{escape(row.task_id)}[{row.map_index}]</span></header>'
         f'<div class="body"><div class="images"><figure{ids[0]}><div class="thumbs">{sources}</div>'
-        f"<figcaption>source{'s' if len(row.source_uris) != 1 else ''}</figcaption></figure>"
+        f"<figcaption>source{'s' if count != 1 else ''}</figcaption></figure>"
         f'<span class="arrow" aria-hidden="true">&rarr;</span>'
         f'<figure{ids[1]}><div class="thumbs">{output}</div><figcaption>output</figcaption></figure></div>'
         f"{_details(row)}</div></article>"

@@ -1,77 +1,123 @@
-"""The gallery's data: the edit task instances of a run and what their XCom recorded, a page at a time."""
+"""The gallery's data: a run's edit task instances, a page at a time, what their XCom reports, and
+which objects each may show (:mod:`._trust` decides, from the rendered fields or the S3 metadata)."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow.models.renderedtifields import RenderedTaskInstanceFields
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XComModel
-from sqlalchemy import func, select
+from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
-from airflow_bettertoken.storage.locations import S3Location, parse_s3_uri
+from airflow_bettertoken.plugins._edit_tasks import AwsConnection, EditTask, EditTaskIndex
+from airflow_bettertoken.plugins._trust import HeadMetadata, Reported, Shown, choose_connection, decide
+from airflow_bettertoken.protocol.result import EditFailure, EditXCom
+from airflow_bettertoken.storage.locations import S3Location
 
-EDIT_OPERATOR = "BetterTokenImageEditOperator"
 PAGE_SIZE = 50
 #: Which image of a task instance: its output, or one of its (at most 16) sources.
 WHICH = re.compile(r"^(output|source-(?:[0-9]|1[0-5]))$")
+_XCOM_KEYS = ("return_value", "failure")
+# An XCom value that is no edit record is shown as text, this long at most.
+_MAX_UNREADABLE_CHARS = 600
+# The setting that bounds how many runs keep them was renamed in Airflow 3.3, so the reason names neither.
+NO_RENDERED_FIELDS = (
+    "Airflow holds no rendered fields for this task instance (it keeps those of a task's latest runs only)"
+)
+
+
+@dataclass(frozen=True)
+class TaskInstanceRef:
+    """The identity of one task instance, as the output's S3 metadata records it."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
 
 
 @dataclass(frozen=True)
 class EditRow:
-    """One edit task instance, with its return value (done or skipped) or its failure record."""
+    """One edit task instance: what its XCom reports, and what the gallery may show of it."""
 
     task_id: str
     map_index: int
     label: str
     state: str
-    result: dict[str, Any] | None
-    failure: dict[str, Any] | None
+    reported: Reported
+    shown: Shown
+
+    @property
+    def result(self) -> EditXCom | None:
+        return self.reported.result
+
+    @property
+    def failure(self) -> EditFailure | None:
+        return self.reported.failure
 
     @property
     def status(self) -> str:
-        if self.result:
-            return "skipped" if self.result.get("skipped") else "done"
-        return "failed" if self.state in ("failed", "upstream_failed") or self.failure else self.state
+        """Done or skipped as the XCom says, once verified; otherwise Airflow's own task state."""
+        verified = self.shown.reason is None
+        if self.result and verified:
+            return "skipped" if self.result.skipped else "done"
+        failed = self.state in ("failed", "upstream_failed") or (self.failure and verified)
+        return "failed" if failed else self.state
 
-    @property
-    def source_uris(self) -> list[str]:
-        if self.result:
-            return list(self.result.get("source_uris") or [])
-        source = (self.failure or {}).get("source")
-        return [source] if isinstance(source, str) else list(source or [])
-
-    def image(self, which: str) -> tuple[str | None, S3Location] | None:
-        """The S3 object this row recorded for ``which``, with the AWS connection the task used."""
-        record = self.result or self.failure or {}
-        if which == "output":
-            if not self.result or not self.result.get("output_uri"):
-                return None
-            return record.get("aws_conn_id"), parse_s3_uri(self.result["output_uri"], "output")
-        index = int(which.removeprefix("source-"))
-        if index >= len(self.source_uris):
+    def image(self, which: str) -> tuple[AwsConnection, S3Location] | None:
+        """The object this row may show as ``which``, with the connection to read it: never from XCom."""
+        shown = self.shown
+        if shown.reason or shown.aws_conn is None:
             return None
-        return record.get("aws_conn_id"), parse_s3_uri(self.source_uris[index], "source")
+        if which == "output":
+            return (shown.aws_conn, shown.output) if shown.output else None
+        index = int(which.removeprefix("source-"))
+        return (shown.aws_conn, shown.sources[index]) if index < len(shown.sources) else None
 
 
-def _edit_task_instances(dag_id: str, run_id: str, task_id: str | None, map_index: int | None) -> Any:
-    query = select(
-        TaskInstance.task_id, TaskInstance.map_index, TaskInstance.rendered_map_index, TaskInstance.state
+@dataclass(frozen=True)
+class RowSources:
+    """Where rows are read from, besides the database session.
+
+    :param head: the S3 metadata of an object, for rows whose rendered fields are gone.
+    :param admin_conn_id: ``[bettertoken] gallery_aws_conn_id``: when set, every object is read with it.
+    """
+
+    edit_tasks: EditTaskIndex
+    head: HeadMetadata
+    admin_conn_id: str | None = None
+
+
+def _instances_query() -> Any:
+    return select(
+        TaskInstance.task_id,
+        TaskInstance.map_index,
+        TaskInstance.rendered_map_index,
+        TaskInstance.state,
+        TaskInstance.dag_version_id,
     )
-    query = query.where(
-        TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.operator == EDIT_OPERATOR
-    )
-    if task_id is not None:
-        query = query.where(TaskInstance.task_id == task_id)
-    if map_index is not None:
-        query = query.where(TaskInstance.map_index == map_index)
-    return query
+
+
+def _edit_tasks_of_run(
+    session: Session, sources: RowSources, dag_id: str, run_id: str
+) -> dict[Any, dict[str, EditTask]]:
+    versions = session.scalars(
+        select(TaskInstance.dag_version_id)
+        .where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
+        .distinct()
+    ).all()
+    return sources.edit_tasks.edit_tasks(session, [v for v in versions if v is not None])
 
 
 def edit_rows(
     session: Session,
+    sources: RowSources,
     dag_id: str,
     run_id: str,
     *,
@@ -80,34 +126,114 @@ def edit_rows(
     page: int = 1,
 ) -> tuple[int, list[EditRow]]:
     """How many edit task instances the run has (matching the filter), and one page of them."""
-    query = _edit_task_instances(dag_id, run_id, task_id, map_index)
+    tasks = _edit_tasks_of_run(session, sources, dag_id, run_id)
+    is_edit = [
+        and_(TaskInstance.dag_version_id == version, TaskInstance.task_id.in_(list(by_id)))
+        for version, by_id in tasks.items()
+        if by_id
+    ]
+    query = _instances_query().where(
+        TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, or_(*is_edit) if is_edit else false()
+    )
+    if task_id is not None:
+        query = query.where(TaskInstance.task_id == task_id)
+    if map_index is not None:
+        query = query.where(TaskInstance.map_index == map_index)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     page_query = (
         query.order_by(TaskInstance.task_id, TaskInstance.map_index)
         .offset((page - 1) * PAGE_SIZE)
         .limit(PAGE_SIZE)
     )
-    return total, _rows(session, dag_id, run_id, session.execute(page_query).all())
+    instances = session.execute(page_query).all()
+    return total, _rows(session, sources, dag_id, run_id, instances, tasks)
 
 
-def _rows(session: Session, dag_id: str, run_id: str, instances: list[Any]) -> list[EditRow]:
-    """The task instances with what their XCom recorded, read in one query."""
-    if not instances:
-        return []
+def find_row(
+    session: Session, sources: RowSources, dag_id: str, run_id: str, task_id: str, map_index: int
+) -> EditRow | None:
+    """One edit task instance, for an image request: no count, no paging."""
+    instance = session.execute(
+        _instances_query().where(
+            TaskInstance.dag_id == dag_id,
+            TaskInstance.run_id == run_id,
+            TaskInstance.task_id == task_id,
+            TaskInstance.map_index == map_index,
+        )
+    ).first()
+    if instance is None or instance.dag_version_id is None:
+        return None
+    tasks = sources.edit_tasks.edit_tasks(session, [instance.dag_version_id])
+    if task_id not in tasks.get(instance.dag_version_id, {}):
+        return None
+    return _rows(session, sources, dag_id, run_id, [instance], tasks)[0]
+
+
+def _recorded(session: Session, dag_id: str, run_id: str, instances: list[Any]) -> tuple[dict, dict]:
+    """The XCom values and the rendered fields of the task instances, in one query each."""
+    task_ids, map_indexes = {i.task_id for i in instances}, {i.map_index for i in instances}
     xcoms = session.scalars(
         select(XComModel).where(
             XComModel.dag_id == dag_id,
             XComModel.run_id == run_id,
-            XComModel.task_id.in_({row.task_id for row in instances}),
-            XComModel.map_index.in_({row.map_index for row in instances}),
-            XComModel.key.in_(("return_value", "failure")),
+            XComModel.task_id.in_(task_ids),
+            XComModel.map_index.in_(map_indexes),
+            XComModel.key.in_(_XCOM_KEYS),
         )
     ).all()
-    recorded = {(x.task_id, x.map_index, x.key): XComModel.deserialize_value(x) for x in xcoms}
+    values = {(x.task_id, x.map_index, x.key): XComModel.deserialize_value(x) for x in xcoms}
+    rtif = RenderedTaskInstanceFields
+    rendered = session.execute(
+        select(rtif.task_id, rtif.map_index, rtif.rendered_fields).where(
+            rtif.dag_id == dag_id,
+            rtif.run_id == run_id,
+            rtif.task_id.in_(task_ids),
+            rtif.map_index.in_(map_indexes),
+        )
+    ).all()
+    return values, {(r.task_id, r.map_index): r.rendered_fields for r in rendered}
+
+
+def _reported(values: Mapping[tuple[str, int, str], Any], task_id: str, map_index: int) -> Reported:
+    """What the XCom reports; a value that is there but is no edit record is named, not dropped."""
+    raw = {
+        key: values[(task_id, map_index, key)] for key in _XCOM_KEYS if (task_id, map_index, key) in values
+    }
+    result = EditXCom.from_xcom(raw.get("return_value"))
+    failure = EditFailure.from_xcom(raw.get("failure"))
+    unreadable = [
+        key
+        for key, record in zip(_XCOM_KEYS, (result, failure), strict=True)
+        if key in raw and record is None
+    ]
+    if not unreadable:
+        return Reported(result, failure)
+    text = json.dumps(raw[unreadable[0]], default=str)
+    cut = text if len(text) <= _MAX_UNREADABLE_CHARS else text[:_MAX_UNREADABLE_CHARS] + "..."
+    return Reported(result, failure, unreadable[0], cut)
+
+
+def _rows(
+    session: Session,
+    sources: RowSources,
+    dag_id: str,
+    run_id: str,
+    instances: list[Any],
+    tasks: Mapping[Any, Mapping[str, EditTask]],
+) -> list[EditRow]:
+    if not instances:
+        return []
+    values, rendered_fields = _recorded(session, dag_id, run_id, instances)
     rows = []
     for instance in instances:
-        result = recorded.get((instance.task_id, instance.map_index, "return_value"))
-        failure = recorded.get((instance.task_id, instance.map_index, "failure"))
+        key = (instance.task_id, instance.map_index)
+        rendered = rendered_fields.get(key)
+        rendered = rendered if isinstance(rendered, Mapping) else None
+        reported = _reported(values, *key)
+        aws_conn = choose_connection(
+            sources.admin_conn_id, rendered, tasks[instance.dag_version_id][instance.task_id]
+        )
+        ti = TaskInstanceRef(dag_id, run_id, *key)
         rows.append(
             EditRow(
                 task_id=instance.task_id,
@@ -115,15 +241,10 @@ def _rows(session: Session, dag_id: str, run_id: str, instances: list[Any]) -> l
                 label=instance.rendered_map_index
                 or (str(instance.map_index) if instance.map_index >= 0 else ""),
                 state=str(getattr(instance.state, "value", instance.state) or "none"),
-                result=result if isinstance(result, dict) else None,
-                failure=failure if isinstance(failure, dict) else None,
+                reported=reported,
+                shown=decide(
+                    ti, reported, rendered, aws_conn, sources.head, no_rendered_fields=NO_RENDERED_FIELDS
+                ),
             )
         )
     return rows
-
-
-def find_row(session: Session, dag_id: str, run_id: str, task_id: str, map_index: int) -> EditRow | None:
-    """One edit task instance, for an image request: no count, no paging."""
-    instances = session.execute(_edit_task_instances(dag_id, run_id, task_id, map_index)).all()
-    rows = _rows(session, dag_id, run_id, instances)
-    return rows[0] if rows else None

@@ -7,12 +7,15 @@ result reaches all of them, and ``size_matches`` has one definition.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_bettertoken.exceptions import BetterTokenError
 from airflow_bettertoken.protocol.wire import MODEL, EditAnswer
@@ -22,14 +25,20 @@ __all__ = [
     "EditResult",
     "EditXCom",
     "existing_output_xcom",
+    "made_by_metadata",
+    "names_sources",
     "size_matches",
     "sources_metadata",
+    "was_made_by",
 ]
 
 # Kept in a failure record: the first line of the error, cut to this length.
 _MAX_REASON_CHARS = 500
 # S3 user metadata is limited to 2 KB; longer source lists are recorded as a digest.
 _MAX_SOURCES_METADATA = 1024
+# The same for the task instance's ids (up to 250 characters each): together with the sources, the
+# other fields (about 250 characters) and this, the metadata stays under 2 KB.
+_MAX_MADE_BY_METADATA = 600
 # What a spill record keeps besides the PNG: everything the result holds, so it comes back whole.
 _SPILLED_FIELDS = (
     "width",
@@ -56,6 +65,41 @@ def sources_metadata(source_uris: list[str]) -> dict[str, str]:
     if len(text) <= _MAX_SOURCES_METADATA and text.isascii():
         return {"sources": text}
     return {"sources-sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def names_sources(metadata: Mapping[str, str], source_uris: list[str]) -> bool:
+    """Whether an output's S3 metadata records exactly these sources (in full, or as their digest)."""
+    recorded = {k: metadata[k] for k in ("sources", "sources-sha256") if k in metadata}
+    return recorded == sources_metadata(source_uris)
+
+
+class TaskInstanceIdentity(Protocol):
+    """What names one task instance: a task instance of the Task SDK, or a row of Airflow's database."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+
+
+def made_by_metadata(ti: TaskInstanceIdentity) -> dict[str, str]:
+    """The task instance that wrote an output, as S3 user metadata: its ids, or their digest.
+
+    The gallery reads it back when Airflow no longer keeps the task's rendered fields: XCom can be
+    changed through the REST API, an object's metadata only by whoever may write the object.
+    """
+    ids = {"dag-id": ti.dag_id, "run-id": ti.run_id, "task-id": ti.task_id, "map-index": str(ti.map_index)}
+    if sum(map(len, ids.values())) <= _MAX_MADE_BY_METADATA and all(
+        value.isascii() and value.isprintable() for value in ids.values()
+    ):
+        return ids
+    text = json.dumps(list(ids.values()))
+    return {"made-by-sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def was_made_by(metadata: Mapping[str, str], ti: TaskInstanceIdentity) -> bool:
+    """Whether an output's S3 metadata names this very task instance as the one that wrote it."""
+    return all(metadata.get(key) == value for key, value in made_by_metadata(ti).items())
 
 
 @dataclass(frozen=True)
@@ -93,8 +137,13 @@ class EditResult:
     def from_spill_record(cls, png: bytes, record: Mapping[str, Any]) -> EditResult:
         return cls(png=png, **{name: record[name] for name in _SPILLED_FIELDS})
 
-    def s3_metadata(self, prompt: str, source_uris: list[str]) -> dict[str, str]:
-        """User metadata for the output object; :func:`existing_output_xcom` reads it back."""
+    def s3_metadata(
+        self, prompt: str, source_uris: list[str], made_by: TaskInstanceIdentity | None = None
+    ) -> dict[str, str]:
+        """User metadata for the output object; :func:`existing_output_xcom` reads it back.
+
+        :param made_by: the task instance writing the object, recorded by :func:`made_by_metadata`.
+        """
         return {
             "model": MODEL,
             "requested-size": self.requested_size,
@@ -103,6 +152,7 @@ class EditResult:
             "png-sha256": self.sha256,
             "prompt-sha256": hashlib.sha256(prompt.encode()).hexdigest(),
             **sources_metadata(source_uris),
+            **(made_by_metadata(made_by) if made_by is not None else {}),
         }
 
     def to_xcom(self, output_uri: str, source_uris: list[str], **spend: Any) -> EditXCom:
@@ -149,6 +199,46 @@ def existing_output_xcom(
         source_uris=list(source_uris),
         skipped=True,
     )
+
+
+def _conforms(value: object, hint: Any) -> bool:
+    """Whether a JSON value has the type a record's field declares: ``int``, ``str | None``, ``list[str]``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+    if isinstance(value, bool):  # JSON's true is no number
+        return hint is bool
+    return isinstance(value, (int, float)) if hint is float else isinstance(value, hint)
+
+
+_type_hints = functools.cache(typing.get_type_hints)
+
+
+def _record_from(cls: type, value: Mapping[str, Any], key_of: Mapping[str, str]) -> Any:
+    """A record from the fields of an XCom value, or None when one is missing or of another type.
+
+    XCom can be written through the REST API, so a value may hold anything JSON can.
+    """
+    hints = _type_hints(cls)
+    known = {
+        f.name: value[key_of.get(f.name, f.name)]
+        for f in dataclasses.fields(cls)
+        if key_of.get(f.name, f.name) in value
+    }
+    if not all(_conforms(field_value, hints[name]) for name, field_value in known.items()):
+        return None
+    try:
+        return cls(**known)
+    except TypeError:  # a required field is missing
+        return None
 
 
 # XCom keys that differ from the field names: ``bytes`` would shadow the builtin in the class body.
@@ -206,15 +296,7 @@ class EditXCom:
         """The record from an XCom value; None when it is not one (missing, or not an edit's)."""
         if not isinstance(value, Mapping) or not isinstance(value.get("output_uri"), str):
             return None
-        known = {
-            f.name: value[_KEY_OF_FIELD.get(f.name, f.name)]
-            for f in dataclasses.fields(cls)
-            if _KEY_OF_FIELD.get(f.name, f.name) in value
-        }
-        try:
-            return cls(**known)
-        except TypeError:  # a required field is missing
-            return None
+        return _record_from(cls, value, _KEY_OF_FIELD)
 
 
 @dataclass(frozen=True)
@@ -256,8 +338,4 @@ class EditFailure:
     def from_xcom(cls, value: object) -> EditFailure | None:
         if not isinstance(value, Mapping) or "reason" not in value:
             return None
-        names = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in value.items() if k in names})
-        except TypeError:
-            return None
+        return _record_from(cls, value, {})

@@ -34,6 +34,8 @@ class ApiServer:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
             "AIRFLOW__API__BASE_URL": self.url,
+            # One process, so one thumbnail cache (Airflow 3.0 starts 4 workers by default, 3.1+ one).
+            "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
             # Airflow 3.0 signs tokens with no issuer unless one is set, and PyJWT 2.10+ refuses that.
             "AIRFLOW__API_AUTH__JWT_ISSUER": "airflow-bettertoken-tests",

@@ -71,6 +71,17 @@ def test_a_permitted_user_gets_the_real_images(server, runs, which, size, kind):
             assert decoded.size == (1000, 1000)
 
 
+@pytest.mark.parametrize("size", ["thumb", "full"])
+def test_an_object_that_is_not_an_image_is_refused_with_415(server, runs, size):
+    # notes.png (map index 3) is a text file: its edit failed, and its source is linked, not drawn.
+    answer = image(server, runs, "viewer", 3, "source-0", size)
+
+    assert answer.status_code == 415
+    assert b"not a picture" not in answer.content
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert "script-src 'none'" in answer.headers["Content-Security-Policy"]
+
+
 def test_a_user_limited_to_another_dag_is_refused(server, runs):
     assert get(server, run_path(BACKFILL, runs[BACKFILL]), "alice").status_code == 403
     assert image(server, runs, "alice", 0).status_code == 403

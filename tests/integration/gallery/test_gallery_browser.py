@@ -1,5 +1,6 @@
 """The gallery as a user sees it: log in to a real Airflow UI in headless Chromium, open a run's
-"Edited images" view, and check that every image loaded and the size badge shows."""
+"Edited images" view, and check that every image loaded and the size badge shows; and that a run whose
+XCom was forged shows those rows as text, with the reason, and no image."""
 
 from __future__ import annotations
 
@@ -45,13 +46,11 @@ def log_in(browser, server, user: str) -> None:
     wait_for(lambda: "/auth/login" not in browser.current_url, what="the login to finish")
 
 
-def test_the_edited_images_view_shows_every_image_and_the_size_badge(browser, server, runs, tmp_path):
+def open_view(browser, server, run_id: str) -> list[int]:
+    """Open the run's "Edited images" view, switch into its frame; the widths of its loaded images."""
     from selenium.webdriver.common.by import By
 
-    log_in(browser, server, "viewer")
-    run_id = runs[BACKFILL]
     browser.get(f"{server.url}/dags/{BACKFILL}/runs/{quote(run_id, safe='')}/plugin/bettertoken-run")
-
     frame = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "iframe"), what="the view's frame")[0]
     frame_src = frame.get_attribute("src")
     assert "/bettertoken/dags/bettertoken_backfill/runs/" in frame_src
@@ -67,7 +66,14 @@ def test_the_edited_images_view_shows_every_image_and_the_size_badge(browser, se
         lambda: all(browser.execute_script("return arguments[0].complete", i) for i in images) and images,
         what="the images",
     )
-    widths = [browser.execute_script("return arguments[0].naturalWidth", image) for image in loaded]
+    return [browser.execute_script("return arguments[0].naturalWidth", image) for image in loaded]
+
+
+def test_the_edited_images_view_shows_every_image_and_the_size_badge(browser, server, runs, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, server, "viewer")
+    widths = open_view(browser, server, runs[BACKFILL])
     badges = [badge.is_displayed() for badge in browser.find_elements(By.CSS_SELECTOR, ".badge-mismatch")]
     labels = [h2.text for h2 in browser.find_elements(By.CSS_SELECTOR, "article.edit h2")]
     browser.execute_script("window.scrollTo(0, 0)")
@@ -80,3 +86,24 @@ def test_the_edited_images_view_shows_every_image_and_the_size_badge(browser, se
     assert all(width > 0 for width in widths), widths
     assert badges == [True, True, True]  # every output is 1000x1000 where 1024x1024 was asked for
     assert labels == ["garden/tools/rake.png", "lamp.webp", "mug.jpg", "notes.png"]
+
+
+def test_rows_whose_xcom_was_forged_show_text_and_why_and_no_image(browser, server, forged, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, server, "viewer")
+    widths = open_view(browser, server, forged["run"])
+    reasons = [
+        element.text
+        for element in browser.find_elements(By.CSS_SELECTOR, "article.edit .reason")
+        if element.text.startswith("not verified")
+    ]
+    labels = [h2.text for h2 in browser.find_elements(By.CSS_SELECTOR, "article.edit h2")]
+    browser.switch_to.default_content()
+    screenshot = tmp_path / "gallery-forged.png"
+    browser.save_screenshot(str(screenshot))
+    print(f"\ngallery screenshot of forged rows: {screenshot}")
+
+    assert labels == ["lamp.png", "mug.png", "notes.png"]
+    assert len(widths) == 2 and all(width > 0 for width in widths)  # lamp.png's source and output only
+    assert len(reasons) == 2 and all(forged["patched_reason"] in reason for reason in reasons), reasons

@@ -1,0 +1,125 @@
+"""Which tasks of a DAG version are edits, and the AWS connection their DAG gives them.
+
+Both come from the serialized DAG, which the DAG processor writes from the DAG files and the REST API
+cannot change. It is read as JSON, so the API server imports no user code: an edit task is one whose
+extra links include the gallery's :class:`OutputImageLink`, which every subclass of the edit operator
+inherits. (``TaskInstance.operator`` holds only a class name, so it misses subclasses.)
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.models.serialized_dag import SerializedDagModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from airflow_bettertoken.operators._links import OutputImageLink
+from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+
+#: What a mapped edit uses when its DAG does not pass aws_conn_id to partial().
+DEFAULT_AWS_CONN_ID = inspect.signature(BetterTokenImageEditOperator).parameters["aws_conn_id"].default
+_MARKER = (OutputImageLink.name, OutputImageLink().xcom_key)
+# Parsed DAG versions kept; a version's JSON does not change once task instances point at it.
+_CACHED_VERSIONS = 64
+
+
+@dataclass(frozen=True)
+class AwsConnection:
+    """The AWS connection the gallery reads a row's objects with, and who chose it.
+
+    :param conn_id: the connection id; None is boto3's default credential chain, as in ``S3Hook``.
+    :param chosen_by: for the page, e.g. "the DAG" or "the task's rendered fields".
+    """
+
+    conn_id: str | None
+    chosen_by: str
+
+
+@dataclass(frozen=True)
+class EditTask:
+    """An edit task as its DAG defines it.
+
+    :param aws_conn: the connection the DAG gives it; None when the DAG does not say (templated, or
+        mapped per task instance), so that only the rendered fields or an admin's setting can.
+    """
+
+    task_id: str
+    aws_conn: AwsConnection | None
+
+
+def _is_template(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def dag_connection(task: Mapping[str, Any]) -> AwsConnection | None:
+    """The AWS connection a serialized edit task names, if its DAG fixes one."""
+    if task.get("_is_mapped"):
+        expand = task.get("expand_input") or {}
+        mapped = (
+            ((expand.get("value") or {}).get("__var") or {}) if expand.get("type") == "dict-of-lists" else {}
+        )
+        if "aws_conn_id" in mapped:
+            return None
+        # Only what the DAG passed to partial() is kept; a list of kwargs dicts is taken not to override it.
+        value = (task.get("partial_kwargs") or {}).get("aws_conn_id", DEFAULT_AWS_CONN_ID)
+    elif "aws_conn_id" in (task.get("template_fields") or ()):
+        value = task.get("aws_conn_id")  # serialization leaves out a template field that is None
+    else:  # an operator from before aws_conn_id was templated: its connection was not serialized
+        return None
+    if value is not None and (not isinstance(value, str) or _is_template(value)):
+        return None
+    return AwsConnection(value, "the DAG")
+
+
+def edit_tasks_of(serialized_dag: Mapping[str, Any]) -> dict[str, EditTask]:
+    """The edit tasks of a serialized DAG (``SerializedDagModel.data``), by task id."""
+    tasks = {}
+    for node in (serialized_dag.get("dag") or {}).get("tasks") or []:
+        task = node.get("__var") or {}
+        links = task.get("_operator_extra_links") or {}
+        if isinstance(links, Mapping) and links.get(_MARKER[0]) == _MARKER[1]:
+            tasks[task["task_id"]] = EditTask(task["task_id"], dag_connection(task))
+    return tasks
+
+
+class EditTaskIndex:
+    """The edit tasks of DAG versions, parsed once per version and kept (thread-safe, bounded)."""
+
+    def __init__(self, max_versions: int = _CACHED_VERSIONS) -> None:
+        self.max_versions = max_versions
+        self._parsed: OrderedDict[tuple[str, str], dict[str, EditTask]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def edit_tasks(self, session: Session, version_ids: Collection[Any]) -> dict[Any, dict[str, EditTask]]:
+        """The edit tasks of each DAG version, by version id; one small query when all are cached."""
+        if not version_ids:
+            return {}
+        hashes = session.execute(
+            select(SerializedDagModel.dag_version_id, SerializedDagModel.dag_hash).where(
+                SerializedDagModel.dag_version_id.in_(list(version_ids))
+            )
+        ).all()
+        found = {}
+        for version_id, dag_hash in hashes:
+            key = (str(version_id), dag_hash)
+            with self._lock:
+                tasks = self._parsed.get(key)
+                if tasks is not None:
+                    self._parsed.move_to_end(key)
+            if tasks is None:
+                model = session.scalar(
+                    select(SerializedDagModel).where(SerializedDagModel.dag_version_id == version_id)
+                )
+                tasks = edit_tasks_of(model.data or {}) if model is not None else {}
+                with self._lock:
+                    self._parsed[key] = tasks
+                    while len(self._parsed) > self.max_versions:
+                        self._parsed.popitem(last=False)
+            found[version_id] = tasks
+        return found
