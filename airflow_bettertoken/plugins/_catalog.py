@@ -1,0 +1,101 @@
+"""Where a catalog backfill stands: the chain's own record in S3, found from a DAG run.
+
+The record is found from what only the worker writes: the rendered fields of the run's listing task
+(its ``dest_prefix`` names the bucket, its ``aws_conn_id`` the connection, unless an admin's
+``[bettertoken] gallery_aws_conn_id`` says otherwise). The key is fixed by the DAG and the run:
+``_bettertoken/chains/<dag>/<first run of the chain>.json``. Nothing read from XCom, a query string or
+a conf decides which object is read, and the record must name this very DAG and chain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.models.renderedtifields import RenderedTaskInstanceFields
+from botocore.exceptions import ClientError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+from airflow_bettertoken.plugins._images import S3Objects
+from airflow_bettertoken.storage.chain import ChainState, chain_location, chain_root
+from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
+
+#: The template fields that make a task a catalog listing (a subclass keeps them).
+_LISTING_FIELDS = {"source_prefix", "dest_prefix", "replan_failed"}
+_DEFAULT_AWS_CONN_ID = "aws_default"
+# The chain's record is small, but nothing read here may be large.
+_MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A chain's record, or why there is none to show.
+
+    :param location: where the record is, or would be.
+    :param reason: set when no record can be shown.
+    """
+
+    state: ChainState | None
+    location: S3Location | None
+    reason: str | None = None
+
+
+def listing_fields(session: Session, dag_id: str, run_id: str) -> Mapping[str, Any] | None:
+    """The rendered fields of the run's listing task: the first task whose fields are a listing's."""
+    rtif = RenderedTaskInstanceFields
+    found = session.execute(
+        select(rtif.task_id, rtif.rendered_fields)
+        .where(rtif.dag_id == dag_id, rtif.run_id == run_id, rtif.map_index == -1)
+        .order_by(rtif.task_id)
+    ).all()
+    for _, fields in found:
+        if isinstance(fields, Mapping) and _LISTING_FIELDS <= set(fields):
+            return fields
+    return None
+
+
+def find_catalog(
+    session: Session, objects: S3Objects, dag_id: str, run_id: str, admin_conn_id: str | None
+) -> Catalog:
+    """The record of the chain that ``run_id`` belongs to, read as the listing task's fields say."""
+    fields = listing_fields(session, dag_id, run_id)
+    if fields is None:
+        return Catalog(
+            None,
+            None,
+            "this run has no catalog listing whose rendered fields Airflow still keeps (it keeps those "
+            "of a task's latest runs only)",
+        )
+    try:
+        dest = parse_s3_prefix(fields["dest_prefix"], "dest_prefix")
+    except BetterTokenInputError as err:
+        return Catalog(None, None, f"the listing's rendered dest_prefix is not a prefix: {err}")
+    location = chain_location(dest.bucket, dag_id, run_id)
+    conn_id = admin_conn_id or fields.get("aws_conn_id") or _DEFAULT_AWS_CONN_ID
+    if not isinstance(conn_id, str):
+        return Catalog(None, location, "the listing's rendered aws_conn_id is not a connection id")
+    head = objects.head(conn_id, location)
+    if head is None:
+        return Catalog(None, location, "there is no chain record (yet): the listing keeps one per chain")
+    if head.size > _MAX_RECORD_BYTES:
+        return Catalog(None, location, f"the chain record is {head.size} bytes, too large to show")
+    try:
+        answer = objects.client(conn_id).get_object(
+            Bucket=location.bucket, Key=location.key, IfMatch=head.etag
+        )
+        with answer["Body"] as body:
+            state = ChainState.from_json(json.loads(body.read()))
+    except (ClientError, ValueError, KeyError, TypeError) as err:
+        return Catalog(None, location, f"the chain record cannot be read ({type(err).__name__})")
+    if (state.dag_id, state.root_run_id, state.dest_uri) != (dag_id, chain_root(run_id), dest.uri):
+        return Catalog(None, location, "the chain record names another DAG, chain or destination")
+    return Catalog(state, location)
+
+
+# The listing's fields of a catalog, kept in step with the operator: a renamed one breaks the page.
+assert _LISTING_FIELDS <= set(BetterTokenListImagesOperator.template_fields)
