@@ -71,6 +71,7 @@ class BetterTokenListImagesOperator(BaseOperator):
         "dest_prefix",
         "max_edits",
         "replan_failed",
+        "aws_conn_id",
         "s3_extra_args",
     )
 

@@ -24,6 +24,8 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
+from airflow_bettertoken.plugins._catalog import find_catalog, listing_fields
+from airflow_bettertoken.plugins._catalog_html import CATALOG_CSS, render_catalog
 from airflow_bettertoken.plugins._edit_tasks import AwsConnection, EditTaskIndex
 from airflow_bettertoken.plugins._html import CSS, render_page
 from airflow_bettertoken.plugins._images import GalleryImages, ImageTooLarge, NotAnImage
@@ -99,12 +101,14 @@ def create_gallery_app() -> FastAPI:
             found = head(aws_conn.conn_id, location)
             return found.metadata if found else None
 
-        admin_conn_id = conf.get("bettertoken", "gallery_aws_conn_id", fallback="") or None
-        return RowSources(edit_tasks, head_metadata, admin_conn_id), head
+        return RowSources(edit_tasks, head_metadata, admin_conn_id()), head
+
+    def admin_conn_id() -> str | None:
+        return conf.get("bettertoken", "gallery_aws_conn_id", fallback="") or None
 
     @app.get("/static/gallery.css", dependencies=[Depends(_authenticated)])
     def stylesheet() -> Response:
-        return Response(CSS, media_type="text/css")
+        return Response(CSS + CATALOG_CSS, media_type="text/css")
 
     # The run id is a path segment, not a query value: Airflow 3.1's UI fills {RUN_ID} in unencoded,
     # and in a query the '+' of a run id would arrive as a space.
@@ -146,6 +150,28 @@ def create_gallery_app() -> FastAPI:
             image_url=image_url,
             page_url=page_url,
             css_url="../../../static/gallery.css",
+            catalog_url=f"{run_path}/catalog" if listing_fields(session, dag_id, run_id) else None,
+        )
+        return HTMLResponse(html)
+
+    @app.get("/dags/{dag_id}/runs/{run_id}/catalog", dependencies=READ_EDITS, response_class=HTMLResponse)
+    def catalog_page(
+        session: SessionDep,
+        dag_id: str = _id_path(),
+        run_id: str = RUN_ID,
+        page: int = Query(1, ge=1, le=100_000),
+    ) -> HTMLResponse:
+        _check_run(session, dag_id, run_id)
+        catalog = find_catalog(session, images.objects, dag_id, run_id, admin_conn_id())
+        html = render_catalog(
+            dag_id=dag_id,
+            run_id=run_id,
+            catalog=catalog,
+            page=page,
+            # Relative to .../runs/<run>/catalog: a sibling run's gallery page, this page paged.
+            run_url=lambda other: f"../{quote(other, safe='')}",
+            page_url=lambda number: f"catalog?{urlencode({'page': number})}",
+            css_url="../../../../static/gallery.css",
         )
         return HTMLResponse(html)
 

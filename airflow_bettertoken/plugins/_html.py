@@ -125,6 +125,7 @@ def render_page(
     image_url: ImageUrl,
     page_url: Callable[[int], str],
     css_url: str,
+    catalog_url: str | None = None,
 ) -> str:
     counts: dict[str, int] = {}
     for row in rows:
@@ -137,6 +138,7 @@ def render_page(
         if page < pages:
             links.append(f'<a href="{escape(page_url(page + 1))}">next</a>')
         nav = f'<nav class="pages">{"".join(links)}</nav>'
+    catalog = f' &middot; <a href="{escape(catalog_url)}">catalog progress</a>' if catalog_url else ""
     body = "".join(_row(row, image_url, anchors=len(rows) == 1) for row in rows)
     body = body or '<p class="empty">This run has no edit tasks.</p>'
     return (
@@ -144,6 +146,7 @@ def render_page(
         f"<title>Edited images: {escape(dag_id)} {escape(run_id)}</title>"
         f'<link rel="stylesheet" href="{escape(css_url)}"></head><body>'
         f'<h1>Edited images</h1><p class="meta">{escape(dag_id)} &middot; {escape(run_id)} &middot; '
-        f"{total} edit task{'s' if total != 1 else ''}; this page: {escape(summary)}</p>"
+        f"{total} edit task{'s' if total != 1 else ''}; this page: {escape(summary)}"
+        f"{catalog}</p>"
         f"{nav}{body}{nav}</body></html>"
     )

@@ -45,6 +45,12 @@ class BetterTokenPlugin(AirflowPlugin):
             "url_route": "bettertoken-run",
         },
         {
+            "name": "Catalog progress",
+            "href": RUN_PAGE + "/catalog",
+            "destination": "dag_run",
+            "url_route": "bettertoken-catalog",
+        },
+        {
             "name": "Edited images",
             "href": RUN_PAGE + "?task_id={TASK_ID}&map_index={MAP_INDEX}",
             "destination": "task_instance",

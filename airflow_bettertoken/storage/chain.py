@@ -32,6 +32,7 @@ __all__ = [
     "Window",
     "chain_location",
     "chain_root",
+    "duration",
     "failed_edit",
     "next_chunk_run_id",
     "progress_line",
@@ -226,7 +227,7 @@ def progress_line(plan: Any, chain: ChainState | None, source_uri: str) -> str:
     rate, eta = chain.images_per_hour(), chain.eta_seconds()
     if rate is None or eta is None:
         return f"{line}; no finished run yet to give a pace"
-    return f"{line}; about {_duration(eta)} left at {rate:,.0f} images an hour over the recent runs"
+    return f"{line}; about {duration(eta)} left at {rate:,.0f} images an hour over the recent runs"
 
 
 def run_line(run_id: str, manifest: Mapping[str, Any], chain: ChainState | None) -> str:
@@ -244,7 +245,8 @@ def run_line(run_id: str, manifest: Mapping[str, Any], chain: ChainState | None)
     return f"{line}; the catalog: {chain.done:,} of {chain.images:,} done, {chain.pending:,} to go"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A time left, in the unit a person reads it in."""
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} minutes"
     if seconds < 48 * 3600:
