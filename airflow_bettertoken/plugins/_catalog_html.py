@@ -18,6 +18,7 @@ BUDGET_ERROR = "BetterTokenBudgetError"
 
 CATALOG_CSS = """
 progress.catalog { width: 100%; max-width: 640px; height: 18px; display: block; margin: 4px 0 2px; }
+div.figures { display: flex; gap: 40px; flex-wrap: wrap; }
 section.catalog { margin: 0 0 18px; } section.catalog h2 { font-size: 15px; margin: 0 0 6px; }
 table.catalog { border-collapse: collapse; } table.catalog td, table.catalog th
 { border-bottom: 1px solid #dde2ec; padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
@@ -147,9 +148,11 @@ def render_catalog(
         body = "".join(
             [
                 _progress(state),
+                '<div class="figures">',
                 _section("Images", _counts(state)),
                 _section("Spend so far", _spend(state)),
                 _section("Pace over the recent runs", _pace(state)),
+                "</div>",
                 _section("Runs", _runs(state, run_url)),
                 _section("Failed for good", _failures(state, page, page_url, run_url)),
             ]

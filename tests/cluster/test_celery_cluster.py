@@ -345,7 +345,10 @@ def test_run_4_two_dags_on_the_same_images_pay_once_through_a_triggerer_restart(
 
         cluster.airflow("pools", "set", "bettertoken", str(SLOTS), "BetterToken paid image edits")
         assert states == ["success", "success"]
-        assert restarted, "no edit was deferred, so the triggerer was not restarted"
+        timeline = cluster.query(
+            "SELECT run_id, queued_at, start_date, end_date FROM dag_run WHERE run_id LIKE %s", "run-4-%"
+        )
+        assert restarted, f"no edit was deferred, so the triggerer was not restarted; the runs: {timeline}"
         stats = control.stats()
         assert (stats["posts"], stats["paid"]) == (24, 24)  # one POST an image, for both DAGs
         found = outputs(s3, f"edited/{DAY}/")
