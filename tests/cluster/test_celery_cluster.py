@@ -313,7 +313,9 @@ def test_run_4_two_dags_on_the_same_images_pay_once_through_a_triggerer_restart(
         stems = seed(s3, f"incoming/{DAY}/", 24)
         control = emulator(cluster)
         control.reset()
-        control.configure(latency=8)  # edits long enough for the two DAGs' edits of an image to meet
+        # Edits long enough that the backfill's first ones are still paying when the scheduled DAG's
+        # first ones, for the same images, start: about 15 s after the trigger on 2 cores.
+        control.configure(latency=30)
         restarted: dict[str, int] = {}
 
         def restart_the_triggerer_while_edits_wait() -> None:
@@ -336,8 +338,8 @@ def test_run_4_two_dags_on_the_same_images_pay_once_through_a_triggerer_restart(
         cluster.trigger(DAG_ID, "run-4-backfill", backfill)
         # The scheduled DAG starts once the backfill is paying. Triggered together, the DAG that the
         # scheduler favours could finish every edit before the other one ran any, and nothing would
-        # meet. Started now, its edits go through the images from the first, as the backfill's do, and
-        # skip what is done in a second or two each, so they catch up with the backfill's edits in flight.
+        # meet (CI saw it). Started now, its first edits are for the images the backfill is paying
+        # for: they wait for its claims in the triggerer.
         deadline = time.monotonic() + 180
         while not any(r["finished"] is None for r in control.stats()["requests"]):
             assert time.monotonic() < deadline, "the backfill sent no edit within 180 s"
