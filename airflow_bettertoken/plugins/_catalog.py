@@ -54,7 +54,7 @@ def listing_fields(session: Session, dag_id: str, run_id: str) -> Mapping[str, A
         .order_by(rtif.task_id)
     ).all()
     for _, fields in found:
-        if isinstance(fields, Mapping) and _LISTING_FIELDS <= set(fields):
+        if isinstance(fields, Mapping) and set(fields) >= _LISTING_FIELDS:
             return fields
     return None
 
@@ -98,4 +98,4 @@ def find_catalog(
 
 
 # The listing's fields of a catalog, kept in step with the operator: a renamed one breaks the page.
-assert _LISTING_FIELDS <= set(BetterTokenListImagesOperator.template_fields)
+assert set(BetterTokenListImagesOperator.template_fields) >= _LISTING_FIELDS
