@@ -61,7 +61,8 @@ with DAG(
         task_id="list_images",
         source_prefix="s3://{{ params.in_bucket }}/{{ params.source_prefix }}",
         dest_prefix=publish,
-        stage_prefix="{{ '" + staging + "' if params.review else '' }}",
+        stage_prefix="{{ ('s3://' ~ params.out_bucket ~ '/_bettertoken/staging/' ~ dag.dag_id ~ '/' ~ run_id"
+        " ~ '/') if params.review else '' }}",
         max_edits="{{ params.max_edits_per_run }}",
     )
     edits = BetterTokenImageEditOperator.partial(

@@ -225,6 +225,8 @@ def render_review_page(
 ) -> str:
     """The review page: every row with its review state and history, and one form for all of them."""
     blocks = [(row, review_of(row)) for row in rows]
+    # What waits for a decision comes first; the rest keeps its order (task, map index).
+    blocks.sort(key=lambda block: block[1] is None or block[1].state.value != "pending")
     pending = sum(1 for _, item in blocks if item is not None and item.state.value == "pending")
     body = "".join(
         _row(row, image_url, anchors=False, extra=_review_block(row, item, sizes, last_round))
