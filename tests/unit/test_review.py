@@ -194,3 +194,20 @@ def test_the_form_gives_each_decided_row_and_leaves_the_undecided():
     ]
     with pytest.raises(FormError, match="does not name a task instance"):
         parse_form(b"decision.edit_image.x=approve")
+
+
+def test_the_gate_is_refused_at_parse_time_on_airflow_3_0_naming_3_1_and_checks_its_inputs():
+    from airflow_bettertoken.exceptions import BetterTokenConfigError
+    from airflow_bettertoken.operators._hitl import HAS_HITL
+    from airflow_bettertoken.operators.review import BetterTokenReviewOperator
+
+    gate = {"task_id": "review", "staging_prefix": "s3://o/s/", "publish_prefix": "s3://o/p/"}
+    if not HAS_HITL:
+        with pytest.raises(BetterTokenConfigError, match=r"needs Airflow 3\.1 or later"):
+            BetterTokenReviewOperator(**gate)
+        return
+    with pytest.raises(BetterTokenInputError, match="undecided='publish' is not allowed"):
+        BetterTokenReviewOperator(**gate, undecided="publish")
+    with pytest.raises(BetterTokenInputError, match="review_round=3 must be from 1 to max_rounds=2"):
+        BetterTokenReviewOperator(**gate, review_round=3)
+    assert BetterTokenReviewOperator(**gate).defaults == ["Apply the decisions"]
