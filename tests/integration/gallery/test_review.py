@@ -289,7 +289,9 @@ def test_one_submit_decides_four_images_while_another_reviewer_submits_at_once(f
     assert (vase["action"], vase["prompt"], vase["size"]) == ("reedit", NEW_PROMPT, "1024x1024")
 
 
-def test_two_writers_of_the_record_at_once_both_keep_their_decision_in_four_s3_requests(flow, counted_s3):
+def test_two_writers_of_the_record_at_once_both_keep_their_decision_the_loser_in_four_requests(
+    flow, counted_s3
+):
     """The conditional write itself, on a real moto through the counting proxy: the loser re-reads."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
