@@ -38,3 +38,17 @@ def serialize_dag(dag) -> dict:
     except ImportError:
         from airflow.serialization.serialized_objects import SerializedDAG as serializer
     return serializer.to_dict(dag)
+
+
+def unexpected_import_errors(bag) -> dict[str, str]:
+    """The DagBag's import errors, less the one that is meant: on Airflow 3.0, which has no human-in-
+    the-loop tasks, the reviewed backfill fails at parse time with a message naming 3.1 (and it must)."""
+    from airflow_bettertoken.operators._hitl import HAS_HITL
+
+    errors = {Path(path).name: str(error) for path, error in bag.import_errors.items()}
+    meant = "bettertoken_reviewed_backfill.py"
+    if not HAS_HITL and "needs Airflow 3.1 or later" in errors.get(meant, "missing: it must fail on 3.0"):
+        errors.pop(meant)
+    elif not HAS_HITL:
+        errors.setdefault(meant, "imported on Airflow 3.0, where it must fail naming 3.1")
+    return errors

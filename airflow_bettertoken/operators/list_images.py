@@ -52,6 +52,10 @@ class BetterTokenListImagesOperator(BaseOperator):
 
     :param source_prefix: ``s3://bucket/prefix/`` to list, recursively. (templated)
     :param dest_prefix: ``s3://bucket/prefix/`` for the outputs. (templated)
+    :param stage_prefix: ``s3://bucket/prefix/`` where the edits are written instead of ``dest_prefix``,
+        for a review gate that publishes them under ``dest_prefix`` once approved: what is pending is
+        still decided by ``dest_prefix``, so an image already published is not paid for again. Empty:
+        the edits write to ``dest_prefix``. (templated)
     :param only_pending: plan only images whose output does not exist yet. ``False`` plans every image,
         for a forced re-edit with ``if_exists="replace"``.
     :param max_edits: plan at most this many; default ``[core] max_map_length``. The rest is left for
@@ -69,6 +73,7 @@ class BetterTokenListImagesOperator(BaseOperator):
     template_fields: Sequence[str] = (
         "source_prefix",
         "dest_prefix",
+        "stage_prefix",
         "max_edits",
         "replan_failed",
         "aws_conn_id",
@@ -80,6 +85,7 @@ class BetterTokenListImagesOperator(BaseOperator):
         *,
         source_prefix: str,
         dest_prefix: str,
+        stage_prefix: str | None = None,
         only_pending: bool = True,
         max_edits: int | str | None = None,
         replan_failed: bool | str = False,
@@ -92,6 +98,7 @@ class BetterTokenListImagesOperator(BaseOperator):
         super().__init__(**kwargs)
         self.source_prefix = source_prefix
         self.dest_prefix = dest_prefix
+        self.stage_prefix = stage_prefix
         self.only_pending = only_pending
         self.max_edits = max_edits
         self.replan_failed = replan_failed
@@ -137,7 +144,21 @@ class BetterTokenListImagesOperator(BaseOperator):
             self.log.info(
                 "%d pending images are left for later runs (max_edits=%d per run)", plan.remaining, limit
             )
-        return plan.edits
+        return self._staged(plan.edits, dest)
+
+    def _staged(self, edits: list[dict[str, str]], dest: S3Location) -> list[dict[str, str]]:
+        """The planned edits, written under ``stage_prefix`` instead of ``dest_prefix`` when it is set."""
+        if not self.stage_prefix:
+            return edits
+        with fail_task_on_permanent_error():
+            stage = parse_s3_prefix(self.stage_prefix, "stage_prefix")
+        staged = []
+        for edit in edits:
+            rest = edit["dest"][len(dest.uri) :] if edit["dest"].startswith(dest.uri) else None
+            if rest is None:
+                raise BetterTokenInputError(f"planned dest {edit['dest']!r} is not under {dest.uri!r}")
+            staged.append({**edit, "dest": stage.uri + rest})
+        return staged
 
     def _plan_chunk(
         self, ti: Any, source: S3Location, dest: S3Location, limit: int

@@ -13,14 +13,16 @@ from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperat
 
 from airflow_bettertoken.exceptions import BetterTokenError, fail_task_on_permanent_error
 from airflow_bettertoken.operators._xcom import materialize, task_id_of
-from airflow_bettertoken.operators.next_chunk import DECISION_KEY
+from airflow_bettertoken.operators.next_chunk import DECISION_KEY, is_on
+from airflow_bettertoken.protocol.review import ReviewRecord
 from airflow_bettertoken.protocol.spend import RunSpend, run_spend
 from airflow_bettertoken.storage.chain import ChainState, RunResult, chain_location, failed_edit, run_line
 from airflow_bettertoken.storage.findings import FINDINGS_KEY
 from airflow_bettertoken.storage.ledger import read_ledgers
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.records import ConditionalRecord
-from airflow_bettertoken.storage.run_manifest import build_run_manifest, write_manifests
+from airflow_bettertoken.storage.review import ReviewStore, review_location
+from airflow_bettertoken.storage.run_manifest import build_run_manifest, review_manifest, write_manifests
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 
 if TYPE_CHECKING:
@@ -51,13 +53,23 @@ class BetterTokenManifestOperator(BaseOperator):
         each failed edit's reason. (templated)
     :param manifest_uri: the summary, e.g. ``s3://bucket/edited/_manifest.json``. (templated)
     :param next_chunk_task_id: the task that triggers the next chunk's run, if the DAG has one.
+    :param reviewed: the run has a review gate: record its review (approved, rejected, re-edited,
+        published, with who and when) from the run's review record in S3, and count the re-edits'
+        spend. (templated)
     :param fail_on_failed_edits: fail this task, and so the run, when any edit failed.
     :param s3_extra_args: what every write to S3 adds to ``put_object``, with ``S3Hook``'s meaning, e.g.
         ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``. (templated)
     :param aws_conn_id: the AWS connection for S3.
     """
 
-    template_fields: Sequence[str] = ("edits", "results", "failures", "manifest_uri", "s3_extra_args")
+    template_fields: Sequence[str] = (
+        "edits",
+        "results",
+        "failures",
+        "manifest_uri",
+        "reviewed",
+        "s3_extra_args",
+    )
 
     def __init__(
         self,
@@ -66,6 +78,7 @@ class BetterTokenManifestOperator(BaseOperator):
         results: Any,
         manifest_uri: str,
         next_chunk_task_id: str | None = None,
+        reviewed: bool | str = False,
         fail_on_failed_edits: bool = True,
         s3_extra_args: dict[str, Any] | None = None,
         aws_conn_id: str | None = "aws_default",
@@ -80,6 +93,7 @@ class BetterTokenManifestOperator(BaseOperator):
         self.listing_task_id = task_id_of(edits)
         self.manifest_uri = manifest_uri
         self.next_chunk_task_id = next_chunk_task_id
+        self.reviewed = reviewed
         self.fail_on_failed_edits = fail_on_failed_edits
         self.s3_extra_args = s3_extra_args
         self.aws_conn_id = aws_conn_id
@@ -104,6 +118,12 @@ class BetterTokenManifestOperator(BaseOperator):
                 "before listing any edit; its log says why"
             )
         planned = list(self.edits)
+        review = self._review(summary.bucket, ti)
+        reedits = [
+            {"source": list(item.sources), "dest": f"s3://{review.bucket}/{item.key}"}
+            for item in (review.items.values() if review else ())
+            if item.reedit_of is not None and item.sources
+        ]
         manifest = build_run_manifest(
             planned,
             materialize(self.results),
@@ -112,7 +132,7 @@ class BetterTokenManifestOperator(BaseOperator):
             if self.listing_task_id
             else None,
             next_run_id=(decision or {}).get("next_run_id"),
-            spend=self._spend(planned, summary.bucket, ti),
+            spend=self._spend([*planned, *reedits], summary.bucket, ti),
             findings=ti.xcom_pull(task_ids=self.listing_task_id, key=FINDINGS_KEY)
             if self.listing_task_id
             else None,
@@ -123,6 +143,8 @@ class BetterTokenManifestOperator(BaseOperator):
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **manifest,
         }
+        if review is not None:
+            manifest["review"] = review_manifest(review)
         with fail_task_on_permanent_error():
             run_uri = write_manifests(self.s3_hook, summary, manifest, extra_args=self._extra_args)
         counts = manifest["counts"]
@@ -141,6 +163,13 @@ class BetterTokenManifestOperator(BaseOperator):
                 "chunk, so the work may have stopped early; its log says why"
             )
         return counts
+
+    def _review(self, bucket: str, ti: Any) -> ReviewRecord | None:
+        """The run's review record, read from S3 (never from XCom); None without a review gate."""
+        if not is_on(self.reviewed):
+            return None
+        with fail_task_on_permanent_error():
+            return ReviewStore(self.s3_hook, review_location(bucket, ti.dag_id, ti.run_id)).read()
 
     def _spend(self, planned: list[Mapping[str, Any]], bucket: str, ti: Any) -> RunSpend:
         """What this run spent, from the spend ledgers of its planned outputs in the manifest's bucket.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -20,17 +21,28 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from airflow.models.dagrun import DagRun
 from airflow.providers.common.compat.sdk import conf
 from botocore.exceptions import ClientError
-from fastapi import Depends, FastAPI, HTTPException, Path, Query
-from fastapi.responses import HTMLResponse, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
+from airflow_bettertoken.exceptions import BetterTokenError
 from airflow_bettertoken.plugins._catalog import find_catalog, listing_fields
 from airflow_bettertoken.plugins._catalog_html import CATALOG_CSS, render_catalog
 from airflow_bettertoken.plugins._edit_tasks import AwsConnection, EditTaskIndex
-from airflow_bettertoken.plugins._html import CSS, render_page
+from airflow_bettertoken.plugins._html import CSS, render_page, render_review_page
 from airflow_bettertoken.plugins._images import GalleryImages, ImageTooLarge, NotAnImage
+from airflow_bettertoken.plugins._review import (
+    FormError,
+    check_origin,
+    csrf_token,
+    parse_form,
+    valid_csrf_token,
+)
 from airflow_bettertoken.plugins._rows import PAGE_SIZE, WHICH, EditRow, RowSources, edit_rows, find_row
+from airflow_bettertoken.protocol.review import Decision, ReviewItem, ReviewRecord
+from airflow_bettertoken.protocol.wire import SIZES
 from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.review import ReviewStore, review_location
 
 # Airflow's own rule for DAG and task ids: letters, digits, '_', '-' and '.'.
 ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,250}$"
@@ -47,6 +59,11 @@ READ_EDITS = [
     Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE)),
     Depends(requires_access_dag("GET", DagAccessEntity.XCOM)),
 ]
+
+# Who may submit review decisions: whoever may answer the DAG's human-in-the-loop tasks (Airflow 3.1+),
+# or, on 3.0, which has none, whoever may change its task instances.
+_WRITE_ENTITY = getattr(DagAccessEntity, "HITL_DETAIL", DagAccessEntity.TASK_INSTANCE)
+REVIEW_EDITS = [*READ_EDITS, Depends(requires_access_dag("PUT", _WRITE_ENTITY))]
 
 
 class _SecurityHeaders:
@@ -206,5 +223,147 @@ def create_gallery_app() -> FastAPI:
             raise HTTPException(415, str(err)) from err
         except ClientError as err:
             raise HTTPException(404, "the image changed or left S3 since this page was made") from err
+
+    def review_stores(rows: list[EditRow], dag_id: str, run_id: str) -> dict[tuple, ReviewStore]:
+        """The run's review record in each bucket its trusted outputs are in, read with their connection."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        stores: dict[tuple, ReviewStore] = {}
+        for row in rows:
+            shown = row.image("output")
+            if shown is None:
+                continue
+            aws_conn, location = shown
+            key = (aws_conn.conn_id, location.bucket)
+            if key not in stores:
+                location = review_location(location.bucket, dag_id, run_id)
+                stores[key] = ReviewStore(S3Hook(aws_conn_id=aws_conn.conn_id), location)
+        return stores
+
+    def read_records(stores: dict[tuple, ReviewStore]) -> dict[tuple, ReviewRecord | None]:
+        try:
+            return {key: store.read() for key, store in stores.items()}
+        except BetterTokenError as err:
+            raise HTTPException(502, f"the review record could not be read: {err}") from err
+
+    def item_of(records: dict[tuple, ReviewRecord | None], row: EditRow) -> ReviewItem | None:
+        shown = row.image("output")
+        if shown is None:
+            return None
+        record = records.get((shown[0].conn_id, shown[1].bucket))
+        return record.items.get(shown[1].key) if record else None
+
+    def run_rows(session: Any, dag_id: str, run_id: str, page: int) -> list[EditRow]:
+        sources, _ = row_sources()
+        return edit_rows(session, sources, dag_id, run_id, page=page)[1]
+
+    @app.get("/dags/{dag_id}/runs/{run_id}/review", dependencies=READ_EDITS, response_class=HTMLResponse)
+    def review_page(
+        session: SessionDep,
+        user: GetUserDep,
+        dag_id: str = _id_path(),
+        run_id: str = RUN_ID,
+        page: int = Query(1, ge=1, le=100_000),
+        saved: int | None = Query(None, ge=0, le=10_000),
+    ) -> HTMLResponse:
+        _check_run(session, dag_id, run_id)
+        rows = run_rows(session, dag_id, run_id, page)
+        records = read_records(review_stores(rows, dag_id, run_id))
+        last_round = max((r.max_rounds for r in records.values() if r), default=2)
+
+        def image_url(row: EditRow, which: str, size: str) -> str:
+            query = {"task_id": row.task_id, "map_index": row.map_index, "which": which, "size": size}
+            return f"image?{urlencode(query)}"  # relative to .../runs/<run>/review
+
+        html = render_review_page(
+            dag_id=dag_id,
+            run_id=run_id,
+            rows=rows,
+            review_of=lambda row: item_of(records, row),
+            csrf_token=csrf_token(user.get_name(), dag_id, run_id),
+            sizes=SIZES,
+            last_round=last_round,
+            notice=f"Saved {saved} decisions." if saved is not None else "",
+            image_url=image_url,
+            css_url="../../../../static/gallery.css",
+        )
+        return HTMLResponse(html)
+
+    @app.post("/dags/{dag_id}/runs/{run_id}/review", dependencies=REVIEW_EDITS)
+    async def submit_review(
+        request: Request,
+        user: GetUserDep,
+        dag_id: str = _id_path(),
+        run_id: str = RUN_ID,
+    ) -> Response:
+        if not check_origin(request.headers.get("origin"), request.url.scheme, request.headers.get("host")):
+            raise HTTPException(403, "cross-site request refused: its Origin is not this server")
+        try:
+            token, form_rows = parse_form(await request.body())
+        except FormError as err:
+            raise HTTPException(400, str(err)) from err
+        if not valid_csrf_token(token, user.get_name(), dag_id, run_id):
+            raise HTTPException(
+                403, "the form's CSRF token is missing, expired or not this user's: reload the page"
+            )
+        # The database and S3 work runs in a thread, as FastAPI runs a plain route.
+        from starlette.concurrency import run_in_threadpool
+
+        saved = await run_in_threadpool(save_decisions, user.get_name(), dag_id, run_id, form_rows)
+        return RedirectResponse(f"review?saved={saved}", status_code=303)
+
+    def save_decisions(user_name: str, dag_id: str, run_id: str, form_rows: list) -> int:
+        from airflow.utils.session import create_session
+
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        by_store: dict[tuple, dict[str, Decision]] = {}
+        with create_session() as session:
+            _check_run(session, dag_id, run_id)
+            sources, _ = row_sources()
+            rows = []
+            for form_row in form_rows:
+                row = find_row(session, sources, dag_id, run_id, form_row.task_id, form_row.map_index)
+                shown = row.image("output") if row else None
+                if row is None or shown is None:
+                    raise HTTPException(
+                        400, f"{form_row.task_id}[{form_row.map_index}] has no output the gallery can verify"
+                    )
+                try:
+                    decision = Decision.checked(
+                        form_row.action, user_name, now, prompt=form_row.prompt, size=form_row.size
+                    )
+                except BetterTokenError as err:
+                    raise HTTPException(400, f"{row.label or row.task_id}: {err}") from err
+                rows.append(row)
+                by_store.setdefault((shown[0].conn_id, shown[1].bucket), {})[shown[1].key] = decision
+        stores = review_stores(rows, dag_id, run_id)
+        saved = 0
+        for key, decisions in by_store.items():
+            store = stores[key]
+            try:
+                current = store.read()
+                if current is None:
+                    raise HTTPException(409, "this run has no review open: its gate has not started")
+                store.use_extra_args(current.write_args)
+                refused: dict[str, str] = {}
+
+                def change(
+                    record: ReviewRecord | None, decisions=decisions, refused=refused
+                ) -> ReviewRecord | None:
+                    if record is None:
+                        return None
+                    new, why = record.decide(decisions)
+                    refused.clear()
+                    refused.update(why)
+                    return new
+
+                store.update(change)
+            except BetterTokenError as err:
+                raise HTTPException(502, f"the decisions could not be saved: {err}") from err
+            if refused:
+                first = next(iter(refused.items()))
+                raise HTTPException(409, f"{len(refused)} decisions were not saved: {first[0]}: {first[1]}")
+            saved += len(decisions)
+        return saved
 
     return app

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from airflow_bettertoken.plugins._rows import EditRow
+    from airflow_bettertoken.protocol.review import ReviewItem
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 16px; color: #1d2433; background: #fff; }
@@ -32,6 +33,16 @@ dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margi
 dt { color: #5b6478; } dd { margin: 0; word-break: break-all; }
 .badge-mismatch { background: #ffe7c2; color: #8a4b00; border-radius: 4px; padding: 0 6px; font-weight: 600; }
 .reason { color: #a11d16; } .empty { color: #5b6478; }
+.review { border-top: 1px solid #dde2ec; margin-top: 10px; padding-top: 8px; }
+.review fieldset { border: 0; padding: 0; margin: 6px 0 0; display: flex; gap: 14px; flex-wrap: wrap; }
+.review textarea { width: 420px; height: 3.2em; font: inherit; } .review ol { margin: 4px 0; color: #5b6478; }
+.state { border-radius: 10px; padding: 1px 8px; font-size: 12px; font-weight: 600; background: #e8ecf3; }
+.state-published, .state-approved { background: #dcf5e3; color: #136b2e; }
+.state-rejected { background: #fde2e1; color: #a11d16; }
+.state-pending { background: #fff3cd; color: #7a5b00; }
+.submit { position: sticky; bottom: 0; background: #fff; padding: 10px 0; border-top: 1px solid #dde2ec; }
+.submit button { font: inherit; font-weight: 600; padding: 6px 16px; }
+.notice { background: #dcf5e3; padding: 6px 10px; border-radius: 6px; }
 """
 
 
@@ -82,7 +93,7 @@ def _details(row: EditRow) -> str:
     return "<dl>" + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in items) + "</dl>"
 
 
-def _row(row: EditRow, image_url: ImageUrl, anchors: bool) -> str:
+def _row(row: EditRow, image_url: ImageUrl, anchors: bool, extra: str = "") -> str:
     status = row.status if row.status in ("done", "skipped", "failed") else "other"
     label = row.label or row.task_id
     count = len(row.shown.sources)
@@ -110,7 +121,7 @@ def _row(row: EditRow, image_url: ImageUrl, anchors: bool) -> str:
         f"<figcaption>source{'s' if count != 1 else ''}</figcaption></figure>"
         f'<span class="arrow" aria-hidden="true">&rarr;</span>'
         f'<figure{ids[1]}><div class="thumbs">{output}</div><figcaption>output</figcaption></figure></div>'
-        f"{_details(row)}</div></article>"
+        f"{_details(row)}</div>{extra}</article>"
     )
 
 
@@ -149,4 +160,96 @@ def render_page(
         f"{total} edit task{'s' if total != 1 else ''}; this page: {escape(summary)}"
         f"{catalog}</p>"
         f"{nav}{body}{nav}</body></html>"
+    )
+
+
+#: The review state of a row's output (from the run's review record), for :func:`render_review_page`.
+ReviewOf = Callable[["EditRow"], "ReviewItem | None"]
+
+
+def _history(item: ReviewItem) -> str:
+    entries = []
+    for decision in item.history:
+        text = f"round {decision.round}: {decision.action.value} by {decision.by} at {decision.at}"
+        if decision.prompt:
+            text += f", prompt: {decision.prompt}"
+        if decision.size:
+            text += f", size {decision.size}"
+        entries.append(f"<li>{escape(text)}</li>")
+    return f"<ol>{''.join(entries)}</ol>" if entries else ""
+
+
+def _review_block(row: EditRow, item: ReviewItem | None, sizes: Sequence[str], last_round: int) -> str:
+    if item is None:
+        return '<div class="review"><span class="empty">not in review</span></div>'
+    where = f" &rarr; {escape(item.published_uri)}" if item.published_uri else ""
+    head = (
+        f'<div class="review">review: <span class="state state-{item.state.value}">'
+        f"{escape(item.state.value)}</span> (round {item.round}){where}"
+    )
+    if item.prompt and item.reedit_of:
+        head += f"<br>re-edit of {escape(item.reedit_of)} with the prompt: {escape(item.prompt)}"
+    controls = ""
+    if item.state.value == "pending":
+        ref = f"{row.task_id}.{row.map_index}"
+        name = escape(f"decision.{ref}")
+        choices = [("", "undecided"), ("approve", "Approve"), ("reject", "Reject")]
+        if item.round < last_round:
+            choices.append(("reedit", "Re-edit"))
+        radios = "".join(
+            f'<label><input type="radio" name="{name}" value="{value}"{" checked" if not value else ""}> '
+            f"{label}</label>"
+            for value, label in choices
+        )
+        reedit = ""
+        if item.round < last_round:
+            options = "".join(f'<option value="{escape(size)}">{escape(size)}</option>' for size in sizes)
+            reedit = (
+                f'<label>revised prompt <textarea name="{escape("prompt." + ref)}"></textarea></label>'
+                f'<label>size <select name="{escape("size." + ref)}"><option value="">as before</option>'
+                f"{options}</select></label>"
+            )
+        controls = f"<fieldset>{radios}{reedit}</fieldset>"
+    return f"{head}{controls}{_history(item)}</div>"
+
+
+def render_review_page(
+    *,
+    dag_id: str,
+    run_id: str,
+    rows: Sequence[EditRow],
+    review_of: ReviewOf,
+    csrf_token: str,
+    sizes: Sequence[str],
+    last_round: int,
+    notice: str,
+    image_url: ImageUrl,
+    css_url: str,
+) -> str:
+    """The review page: every row with its review state and history, and one form for all of them."""
+    blocks = [(row, review_of(row)) for row in rows]
+    # What waits for a decision comes first; the rest keeps its order (task, map index).
+    blocks.sort(key=lambda block: block[1] is None or block[1].state.value != "pending")
+    pending = sum(1 for _, item in blocks if item is not None and item.state.value == "pending")
+    body = "".join(
+        _row(row, image_url, anchors=False, extra=_review_block(row, item, sizes, last_round))
+        for row, item in blocks
+    )
+    body = body or '<p class="empty">This run has no edit tasks.</p>'
+    submit = (
+        f'<div class="submit"><button type="submit">Submit {pending} decisions</button> '
+        "Undecided rows are left as they are.</div>"
+        if pending
+        else '<p class="empty">No image of this run waits for review.</p>'
+    )
+    banner = f'<p class="notice">{escape(notice)}</p>' if notice else ""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>Review: {escape(dag_id)} {escape(run_id)}</title>"
+        f'<link rel="stylesheet" href="{escape(css_url)}"></head><body>'
+        f'<h1>Review the edited images</h1><p class="meta">{escape(dag_id)} &middot; {escape(run_id)} '
+        f"&middot; {pending} waiting for review</p>{banner}"
+        '<form method="post">'
+        f'<input type="hidden" name="csrf_token" value="{escape(csrf_token)}">{body}{submit}</form>'
+        "</body></html>"
     )

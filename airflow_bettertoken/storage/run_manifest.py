@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
+from airflow_bettertoken.protocol.review import ReviewRecord
 from airflow_bettertoken.protocol.spend import RunSpend
 from airflow_bettertoken.storage.findings import ListingFindings
 from airflow_bettertoken.storage.locations import S3Location
@@ -25,7 +26,16 @@ from airflow_bettertoken.storage.records import ConditionalRecord
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-__all__ = ["build_run_manifest", "fold_into_summary", "run_manifest_key", "write_manifests"]
+__all__ = [
+    "build_run_manifest",
+    "fold_into_summary",
+    "review_manifest",
+    "run_manifest_key",
+    "write_manifests",
+]
+
+#: The review counts the summary sums over runs.
+REVIEW_COUNTS = ("approved", "rejected", "reedited", "published")
 
 RUNS_FOLDER = "_manifests/"
 
@@ -115,6 +125,26 @@ def build_run_manifest(
     }
 
 
+def review_manifest(review: ReviewRecord) -> dict[str, Any]:
+    """A run's review for its manifest: the counts, how each round closed, and every image's history."""
+    return {
+        "counts": review.counts(),
+        "rounds": [close.to_json() for close in review.rounds],
+        "images": [
+            {
+                "key": item.key,
+                "round": item.round,
+                "state": item.state.value,
+                "published_uri": item.published_uri,
+                "reedit_of": item.reedit_of,
+                "prompt": item.prompt,
+                "history": [decision.to_json() for decision in item.history],
+            }
+            for item in sorted(review.items.values(), key=lambda i: i.key)
+        ],
+    }
+
+
 def _failure_entry(failure: EditFailure | None) -> dict[str, Any] | None:
     if failure is None:
         return None
@@ -133,10 +163,12 @@ RECENT_RUNS = 20
 
 def _contribution(run: Mapping[str, Any]) -> dict[str, Any]:
     """What one run adds to the summary's totals."""
+    review = (run.get("review") or {}).get("counts") or {}
     return {
         "images_done": run["counts"]["done"],
         "spend": RunSpend.from_json(run.get("spend")).to_json(),
         "usage": dict(run.get("usage") or {}),
+        "review": {name: int(review.get(name, 0)) for name in REVIEW_COUNTS},
     }
 
 
@@ -159,6 +191,10 @@ def fold_into_summary(
         usage[name] = usage.get(name, 0) - value
     spend = RunSpend.from_json(summary.get("spend")) + RunSpend.from_json(added["spend"])
     spend -= RunSpend.from_json((counted or {}).get("spend"))
+    review = dict(summary.get("review") or {})
+    for name in REVIEW_COUNTS:
+        taken = ((counted or {}).get("review") or {}).get(name, 0)
+        review[name] = review.get(name, 0) + added["review"][name] - taken
     brief = {
         key: run.get(key)
         for key in ("run_id", "started_at", "finished_at", "counts", "remaining", "next_run_id")
@@ -173,6 +209,7 @@ def fold_into_summary(
         - (counted or {}).get("images_done", 0),
         "spend": spend.to_json(),
         "usage": usage,
+        "review": review,
         "latest_run": {k: v for k, v in latest.items() if k != "counted"},
         "last_failures": run.get("failures", [])
         if latest["run_id"] == run["run_id"]

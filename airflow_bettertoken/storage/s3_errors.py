@@ -49,6 +49,8 @@ TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "Condi
 #: The IAM action each request needs, and whether it is granted on the bucket or on the object.
 PERMISSIONS = {
     "PutObject": ("s3:PutObject", "object"),
+    # A copy also needs s3:GetObject on its source; the error names the write, which is refused more often.
+    "CopyObject": ("s3:PutObject", "object"),
     "HeadObject": ("s3:GetObject", "object"),
     "GetObject": ("s3:GetObject", "object"),
     "DeleteObjects": ("s3:DeleteObject", "object"),

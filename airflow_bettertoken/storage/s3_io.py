@@ -239,6 +239,41 @@ class S3IO:
             )
             loop.wait(decision)
 
+    def copy(self, source: S3Location, dest: S3Location, *, if_none_match: bool = True) -> PutResult:
+        """Copy an object inside S3 (``CopyObject``: no download), keeping its metadata and content type.
+
+        The ``s3_extra_args`` go on the copy as on every write (a ``Tagging`` replaces the source's
+        tags, as S3 requires). ``if_none_match``: create only. A HEAD first finds an existing ``dest``
+        (moto and some S3-compatible stores ignore the condition on a copy), and the copy carries
+        ``If-None-Match: *`` where botocore knows it, so that AWS refuses a ``dest`` created meanwhile.
+
+        :returns: ``written=False`` when the create-only copy was refused (412): ``dest`` exists.
+        :raises BetterTokenStorageError: when S3 refused the copy, naming the permission and the fix.
+        """
+        params: dict[str, Any] = {
+            **self.extra_args.for_write(),
+            "Bucket": dest.bucket,
+            "Key": dest.key,
+            "CopySource": {"Bucket": source.bucket, "Key": source.key},
+            "MetadataDirective": "COPY",
+        }
+        if "Tagging" in params:
+            params["TaggingDirective"] = "REPLACE"
+        if if_none_match:
+            if self.head(dest).found:  # hidden by a 403 (no s3:ListBucket): the copy's condition decides
+                return PutResult(False)
+            members = self.client.meta.service_model.operation_model("CopyObject").input_shape.members
+            if "IfNoneMatch" in members:
+                params["IfNoneMatch"] = "*"
+        try:
+            response = self.client.copy_object(**params)
+        except (ClientError, BotoCoreError) as err:
+            failure = classify(err)
+            if if_none_match and failure.status == 412:
+                return PutResult(False)
+            raise self._error(err, "CopyObject", dest, failure) from err
+        return PutResult(True, (response.get("CopyObjectResult") or {}).get("ETag"))
+
     @staticmethod
     def _after_failure(loop: RetryLoop, err: Exception, failure: S3Failure) -> Any:
         if isinstance(err, ClientError) and failure.status and is_retryable_status(failure.status):

@@ -75,3 +75,30 @@ def test_a_write_the_store_refuses_is_explained(buckets, faulty_s3):
     with pytest.raises(BetterTokenStorageError, match="may require server-side encryption") as info:
         io("aws_faulty").put(S3Location(buckets.out, "_bettertoken/runs/r.json"), b"{}")
     assert (info.value.status, info.value.code, info.value.retryable) == (403, "AccessDenied", False)
+
+
+def test_a_copy_is_create_only_keeps_the_metadata_and_carries_the_extra_args(s3, buckets):
+    """How the review gate publishes: server-side, never over an existing object, metadata kept."""
+    staged, published = (
+        S3Location(buckets.out, "_bettertoken/staging/x.png"),
+        S3Location(buckets.out, "p/x.png"),
+    )
+    s3.put_object(
+        Bucket=staged.bucket, Key=staged.key, Body=b"png", ContentType="image/png", Metadata={"run-id": "r"}
+    )
+    store = io(ServerSideEncryption="AES256", Tagging="review=approved")
+
+    first = store.copy(staged, published)
+    s3.put_object(Bucket=staged.bucket, Key=staged.key, Body=b"another", Metadata={"run-id": "s"})
+    second = store.copy(staged, published)
+
+    assert (first.written, second.written) == (True, False)
+    head = s3.head_object(Bucket=published.bucket, Key=published.key)
+    assert (head["Metadata"], head["ContentType"], head["ServerSideEncryption"]) == (
+        {"run-id": "r"},
+        "image/png",
+        "AES256",
+    )
+    assert s3.get_object(Bucket=published.bucket, Key=published.key)["Body"].read() == b"png"
+    tags = s3.get_object_tagging(Bucket=published.bucket, Key=published.key)["TagSet"]
+    assert tags == [{"Key": "review", "Value": "approved"}]

@@ -14,7 +14,8 @@ import requests
 
 from tests.ports import free_port, wait_for_port
 
-USERS = {"admin": "admin", "viewer": "viewer", "alice": "viewer"}
+#: alice may read only another DAG (per_dag_auth); reviewer may change DAGs, so answer their HITL tasks.
+USERS = {"admin": "admin", "viewer": "viewer", "alice": "viewer", "reviewer": "user"}
 
 
 class ApiServer:
