@@ -314,8 +314,9 @@ def test_run_4_two_dags_on_the_same_images_pay_once_through_a_triggerer_restart(
         control = emulator(cluster)
         control.reset()
         # Edits long enough that the backfill's first ones are still paying when the scheduled DAG's
-        # first ones, for the same images, start: about 15 s after the trigger on 2 cores.
-        control.configure(latency=30)
+        # first ones, for the same images, start: 15 to 30 s after the trigger on 2 cores, with the
+        # version matrix running beside; under the gateway's 60 s.
+        control.configure(latency=45)
         restarted: dict[str, int] = {}
 
         def restart_the_triggerer_while_edits_wait() -> None:
@@ -348,7 +349,7 @@ def test_run_4_two_dags_on_the_same_images_pay_once_through_a_triggerer_restart(
             "bettertoken_scheduled_edit", "run-4-scheduled", {}, logical_date=f"{DAY}T00:00:00+00:00"
         )
         states = [
-            cluster.wait_for_run(dag_id, run_id, timeout=300, on_tick=restart_the_triggerer_while_edits_wait)
+            cluster.wait_for_run(dag_id, run_id, timeout=600, on_tick=restart_the_triggerer_while_edits_wait)
             for dag_id, run_id in (
                 ("bettertoken_scheduled_edit", "run-4-scheduled"),
                 (DAG_ID, "run-4-backfill"),
