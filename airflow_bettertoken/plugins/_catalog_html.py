@@ -10,6 +10,7 @@ from collections.abc import Callable
 from html import escape
 
 from airflow_bettertoken.plugins._catalog import Catalog
+from airflow_bettertoken.plugins._html import page_nav
 from airflow_bettertoken.storage.chain import ChainState, FailedEdit, duration
 
 #: Failures shown on one page of the catalog.
@@ -114,14 +115,7 @@ def _failures(
 
     head = "<tr><th>source</th><th>error</th><th>reason</th><th>run</th></tr>"
     table = f'<table class="catalog">{head}{"".join(row(k, state.failed[k]) for k in shown)}</table>'
-    nav = ""
-    if pages > 1:
-        links = [f'<a href="{escape(page_url(page - 1))}">previous</a>'] if page > 1 else []
-        links.append(f"<span>page {page} of {pages}</span>")
-        if page < pages:
-            links.append(f'<a href="{escape(page_url(page + 1))}">next</a>')
-        nav = f'<nav class="pages">{"".join(links)}</nav>'
-    return table + nav
+    return table + page_nav(page, pages, page_url)
 
 
 def render_catalog(

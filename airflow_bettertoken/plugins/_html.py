@@ -125,6 +125,17 @@ def _row(row: EditRow, image_url: ImageUrl, anchors: bool, extra: str = "") -> s
     )
 
 
+def page_nav(page: int, pages: int, page_url: Callable[[int], str]) -> str:
+    """Previous, "page N of M" and next links; nothing when there is one page."""
+    if pages <= 1:
+        return ""
+    links = [f'<a href="{escape(page_url(page - 1))}">previous</a>'] if page > 1 else []
+    links.append(f"<span>page {page} of {pages}</span>")
+    if page < pages:
+        links.append(f'<a href="{escape(page_url(page + 1))}">next</a>')
+    return f'<nav class="pages">{"".join(links)}</nav>'
+
+
 def render_page(
     *,
     dag_id: str,
@@ -142,13 +153,7 @@ def render_page(
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no edits"
-    nav = ""
-    if pages > 1:
-        links = [f'<a href="{escape(page_url(page - 1))}">previous</a>'] if page > 1 else []
-        links.append(f"<span>page {page} of {pages}</span>")
-        if page < pages:
-            links.append(f'<a href="{escape(page_url(page + 1))}">next</a>')
-        nav = f'<nav class="pages">{"".join(links)}</nav>'
+    nav = page_nav(page, pages, page_url)
     catalog = f' &middot; <a href="{escape(catalog_url)}">catalog progress</a>' if catalog_url else ""
     body = "".join(_row(row, image_url, anchors=len(rows) == 1) for row in rows)
     body = body or '<p class="empty">This run has no edit tasks.</p>'
