@@ -139,3 +139,15 @@ def test_a_record_that_keeps_changing_gives_up_after_its_rounds_in_virtual_time(
     with pytest.raises(RecordConflict, match="kept changing under 50 attempts"):
         record.update(always_beaten)
     assert len(clock.waits) == 50 and sum(clock.waits) < 30  # rounds 10+ wait at most 1 s each
+
+
+def test_a_get_of_one_version_reads_changed_when_the_object_was_replaced(s3, buckets):
+    """The gallery's GET asks for the ETag its HEAD saw: never the bytes of a newer version."""
+    location = S3Location(buckets.out, "edited/a.png")
+    store = io()
+    first = store.put(location, b"first")
+    assert store.get(location, if_match=first.etag).body == b"first"
+    store.put(location, b"second, longer")
+
+    assert store.get(location, if_match=first.etag).presence is Presence.CHANGED
+    assert store.get(location, max_bytes=6).body == b"second,"  # at most one byte past the bound
