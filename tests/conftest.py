@@ -103,10 +103,11 @@ def task_context():
 @pytest.fixture
 def faulty_s3(sandbox, monkeypatch):
     """An AWS connection ``aws_faulty`` whose requests go through a proxy that counts them and can fail
-    uploads."""
+    them as AWS does."""
     proxy = S3FaultProxy(sandbox.s3_endpoint).start()
-    # boto3's own retries are off, so that what is tested is the operator's upload loop.
-    conn = sandbox.aws_connection(proxy.endpoint, config_kwargs={"retries": {"total_max_attempts": 1}})
+    # The connection chooses its own retries (botocore's legacy mode, 3 attempts in all), which the
+    # provider keeps as they are: they are the only retries of an S3 request.
+    conn = sandbox.aws_connection(proxy.endpoint, config_kwargs={"retries": {"total_max_attempts": 3}})
     monkeypatch.setenv("AIRFLOW_CONN_AWS_FAULTY", json.dumps(conn))
     yield proxy
     proxy.stop()

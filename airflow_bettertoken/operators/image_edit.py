@@ -38,6 +38,7 @@ from airflow_bettertoken.storage.ledger import SpendLedger
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore, UploadFailed
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
+from airflow_bettertoken.storage.s3_io import ObjectRead
 from airflow_bettertoken.storage.spill import SpillDir
 from airflow_bettertoken.triggers.claim import ClaimWaitTrigger
 
@@ -90,7 +91,6 @@ class BetterTokenImageEditOperator(BaseOperator):
         ``{"max_attempts": 2}``. Not to be confused with Airflow's ``retries`` of the whole task.
     :param spill_dir: where a paid image is kept if it can be written neither to its output nor beside
         the spend ledger in S3; default a folder in the temp dir.
-    :param upload_deadline: seconds to keep retrying a failed upload before keeping the image aside.
     :param s3_extra_args: what every write to S3 adds to ``put_object``, with ``S3Hook``'s meaning, e.g.
         ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``; DAG-wide through
         ``default_args``. (templated)
@@ -129,7 +129,6 @@ class BetterTokenImageEditOperator(BaseOperator):
         on_size_mismatch: str = "record",
         api_retry: dict[str, Any] | None = None,
         spill_dir: str | None = None,
-        upload_deadline: float = 120.0,
         s3_extra_args: dict[str, Any] | None = None,
         image_label: str | None = None,
         max_billed_calls: int | None = None,
@@ -156,7 +155,6 @@ class BetterTokenImageEditOperator(BaseOperator):
         self.on_size_mismatch = on_size_mismatch
         self.api_retry = api_retry
         self.spill_dir = spill_dir
-        self.upload_deadline = upload_deadline
         self.s3_extra_args = s3_extra_args
         self.image_label = image_label
         self.max_billed_calls = max_billed_calls
@@ -323,6 +321,7 @@ class BetterTokenImageEditOperator(BaseOperator):
             extra_args=self.store.io.extra_args.for_write(),
             how_to_raise=self.hook.how_to_raise_the_budget(policy.max_billed_calls),
             read_timeout=self.hook.read_timeout,
+            timing=self.timing,
         )
 
     def _wait_for(self, decision: SendDecision, output: S3Location) -> None:
@@ -342,6 +341,7 @@ class BetterTokenImageEditOperator(BaseOperator):
                 output_uri=output.uri,
                 token=claim.token,
                 aws_conn_id=self.aws_conn_id,
+                s3_extra_args=self.store.io.extra_args.for_read(),
                 poll_seconds=min(10.0, policy.claim_seconds / 3),
             ),
             method_name="execute_after_wait",
@@ -408,7 +408,6 @@ class BetterTokenImageEditOperator(BaseOperator):
                 result.png,
                 metadata,
                 create_only=self.if_exists != "replace",
-                deadline=self.upload_deadline,
             )
         except UploadFailed as err:
             where = ledger.keep(result, metadata, SpillDir(self.spill_dir), digest)
@@ -417,14 +416,14 @@ class BetterTokenImageEditOperator(BaseOperator):
                 f"(sha256 {result.sha256}); {_WHO_FINDS_IT[where.startswith('s3://')]}"
             ) from err.cause
         if not written:
-            found = (self.store.head(output) or {}).get("Metadata") or {}
-            if found.get("png-sha256") != result.sha256:
+            found = self.store.head(output)
+            if (found.metadata if found else {}).get("png-sha256") != result.sha256:
                 self.log.warning(
                     "Another task wrote %s first; this task's image (sha256 %s) was not stored",
                     output.uri,
                     result.sha256,
                 )
-                return self._existing_result(output, self.store.head(output) or {}, source_uris)
+                return self._existing_result(output, found, source_uris)
             # Our own write, whose answer was lost: S3 refused the retry because the object is there.
             self.log.info("%s holds this task's image already (a lost answer to its own upload)", output.uri)
         ledger.stored(result.sha256)
@@ -432,9 +431,11 @@ class BetterTokenImageEditOperator(BaseOperator):
         self.log.info("Wrote %s: %dx%d, %d bytes", output.uri, result.width, result.height, len(result.png))
         return result.to_xcom(output.uri, source_uris, **ledger.xcom_figures())
 
-    def _existing_result(self, output: S3Location, head: dict, source_uris: list[str]) -> EditXCom:
+    def _existing_result(
+        self, output: S3Location, head: ObjectRead | None, source_uris: list[str]
+    ) -> EditXCom:
         """XCom for an output that exists: the metadata on the object, or its PNG header if it has none."""
-        meta = head.get("Metadata") or {}
+        meta = head.metadata if head else {}
         recorded = {k: meta[k] for k in ("sources", "sources-sha256") if k in meta}
         if recorded and recorded != sources_metadata(source_uris):
             raise BetterTokenOutputExistsError(
@@ -450,6 +451,6 @@ class BetterTokenImageEditOperator(BaseOperator):
             meta,
             width=width,
             height=height,
-            nbytes=head.get("ContentLength"),
+            nbytes=head.content_length if head else None,
             source_uris=source_uris,
         )

@@ -16,7 +16,7 @@ from airflow_bettertoken.operators.preflight import preflight
 from airflow_bettertoken.storage.chain import ChainState, chain_location, progress_line
 from airflow_bettertoken.storage.chunks import plan_chunk
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
-from airflow_bettertoken.storage.listing import Plan, plan_pending
+from airflow_bettertoken.storage.listing import Plan, plan_every_edit
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.objects import ImageStore
 from airflow_bettertoken.storage.records import ConditionalRecord
@@ -125,11 +125,7 @@ class BetterTokenListImagesOperator(BaseOperator):
             if self.only_pending:
                 plan, chain = self._plan_chunk(context["ti"], source, dest, limit)
             else:
-                source_keys = self.store.list_keys(source)
-                plan, chain = (
-                    plan_pending(source_keys, [], source, dest, only_pending=False, max_edits=limit),
-                    None,
-                )
+                plan, chain = plan_every_edit(self.store, source, dest, max_edits=limit), None
         context["ti"].xcom_push(key="counts", value=plan.counts)
         findings = ListingFindings.of(plan.skipped, store_check)
         context["ti"].xcom_push(key=FINDINGS_KEY, value=findings.to_xcom())

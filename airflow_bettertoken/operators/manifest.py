@@ -169,7 +169,8 @@ class BetterTokenManifestOperator(BaseOperator):
         if not is_on(self.reviewed):
             return None
         with fail_task_on_permanent_error():
-            return ReviewStore(self.s3_hook, review_location(bucket, ti.dag_id, ti.run_id)).read()
+            location = review_location(bucket, ti.dag_id, ti.run_id)
+            return ReviewStore(self.s3_hook, location, extra_args=self._extra_args).read()
 
     def _spend(self, planned: list[Mapping[str, Any]], bucket: str, ti: Any) -> RunSpend:
         """What this run spent, from the spend ledgers of its planned outputs in the manifest's bucket.
@@ -179,7 +180,9 @@ class BetterTokenManifestOperator(BaseOperator):
         """
         outputs = {_output_of(edit) for edit in planned}
         ledgers = read_ledgers(
-            self.s3_hook, sorted(o for o in outputs if o is not None and o.bucket == bucket)
+            self.s3_hook,
+            sorted(o for o in outputs if o is not None and o.bucket == bucket),
+            extra_args=self._extra_args,
         )
         return run_spend(ledgers, ti.dag_id, ti.run_id)
 

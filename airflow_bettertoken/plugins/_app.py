@@ -20,17 +20,22 @@ from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.models.dagrun import DagRun
 from airflow.providers.common.compat.sdk import conf
-from botocore.exceptions import ClientError
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from airflow_bettertoken.exceptions import BetterTokenError
+from airflow_bettertoken.exceptions import BetterTokenError, BetterTokenStorageError
 from airflow_bettertoken.plugins._catalog import find_catalog, listing_fields
 from airflow_bettertoken.plugins._catalog_html import CATALOG_CSS, render_catalog
 from airflow_bettertoken.plugins._edit_tasks import AwsConnection, EditTaskIndex
 from airflow_bettertoken.plugins._html import CSS, render_page, render_review_page
-from airflow_bettertoken.plugins._images import GalleryImages, ImageTooLarge, NotAnImage
+from airflow_bettertoken.plugins._images import (
+    GalleryImages,
+    ImageGone,
+    ImageTooLarge,
+    NotAnImage,
+    unavailable,
+)
 from airflow_bettertoken.plugins._review import (
     FormError,
     check_origin,
@@ -110,13 +115,20 @@ def create_gallery_app() -> FastAPI:
     images = GalleryImages()
     edit_tasks = EditTaskIndex()
 
+    @app.exception_handler(BetterTokenStorageError)
+    def s3_failed(request: Request, err: BetterTokenStorageError) -> Response:
+        # Throttling, a 5xx or a refused request: an error to show, never an image "missing".
+        answer = " ".join(str(part) for part in (err.status, err.code) if part) or err.botocore_class
+        text = f"S3 failed to answer ({answer}); try again"
+        return Response(text, status_code=502, media_type="text/plain")
+
     def row_sources() -> tuple[RowSources, Any]:
         """What one request reads rows with; its HEADs are asked once each, then remembered."""
         head = functools.cache(images.objects.head)
 
         def head_metadata(aws_conn: AwsConnection, location: S3Location) -> Any:
             found = head(aws_conn.conn_id, location)
-            return found.metadata if found else None
+            return found.metadata if found.found else None
 
         return RowSources(edit_tasks, head_metadata, admin_conn_id()), head
 
@@ -209,8 +221,8 @@ def create_gallery_app() -> FastAPI:
             raise HTTPException(404, "this task instance has no such image that the gallery can verify")
         aws_conn, location = shown
         found = head(aws_conn.conn_id, location)
-        if found is None:
-            raise HTTPException(404, "the image is no longer in S3")
+        if not found.found:
+            raise HTTPException(404, unavailable(found.presence))
         try:
             if size == "full":
                 data, content_type = images.full(aws_conn.conn_id, location, found)
@@ -221,7 +233,7 @@ def create_gallery_app() -> FastAPI:
             raise HTTPException(413, f"the image is too large to show: {err}") from err
         except NotAnImage as err:
             raise HTTPException(415, str(err)) from err
-        except ClientError as err:
+        except ImageGone as err:
             raise HTTPException(404, "the image changed or left S3 since this page was made") from err
 
     def review_stores(rows: list[EditRow], dag_id: str, run_id: str) -> dict[tuple, ReviewStore]:

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow.models.renderedtifields import RenderedTaskInstanceFields
-from botocore.exceptions import ClientError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenStorageError
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 from airflow_bettertoken.plugins._images import S3Objects
 from airflow_bettertoken.storage.chain import ChainState, chain_location, chain_root
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
+from airflow_bettertoken.storage.s3_io import Presence
 
 #: The template fields that make a task a catalog listing (a subclass keeps them).
 _LISTING_FIELDS = {"source_prefix", "dest_prefix", "replan_failed"}
@@ -79,18 +79,26 @@ def find_catalog(
     conn_id = admin_conn_id or fields.get("aws_conn_id") or _DEFAULT_AWS_CONN_ID
     if not isinstance(conn_id, str):
         return Catalog(None, location, "the listing's rendered aws_conn_id is not a connection id")
-    head = objects.head(conn_id, location)
-    if head is None:
-        return Catalog(None, location, "there is no chain record (yet): the listing keeps one per chain")
-    if head.size > _MAX_RECORD_BYTES:
-        return Catalog(None, location, f"the chain record is {head.size} bytes, too large to show")
+    store = objects.store(conn_id)
     try:
-        answer = objects.client(conn_id).get_object(
-            Bucket=location.bucket, Key=location.key, IfMatch=head.etag
+        head = store.head(location)
+        if head.presence is Presence.MISSING:
+            return Catalog(None, location, "there is no chain record (yet): the listing keeps one per chain")
+        size = head.content_length or 0
+        if head.found and size > _MAX_RECORD_BYTES:
+            return Catalog(None, location, f"the chain record is {size} bytes, too large to show")
+        read = store.get(location, if_match=head.etag, max_bytes=_MAX_RECORD_BYTES) if head.found else head
+    except BetterTokenStorageError as err:
+        return Catalog(None, location, f"S3 failed to answer for the chain record: {err}")
+    if read.presence is Presence.HIDDEN:
+        return Catalog(
+            None, location, f"S3 answered 403: connection {conn_id!r} may not read the chain record"
         )
-        with answer["Body"] as body:
-            state = ChainState.from_json(json.loads(body.read()))
-    except (ClientError, ValueError, KeyError, TypeError) as err:
+    if not read.found or read.body is None or len(read.body) > _MAX_RECORD_BYTES:
+        return Catalog(None, location, "the chain record changed while it was read; load the page again")
+    try:
+        state = ChainState.from_json(json.loads(read.body))
+    except (ValueError, KeyError, TypeError) as err:
         return Catalog(None, location, f"the chain record cannot be read ({type(err).__name__})")
     if (state.dag_id, state.root_run_id, state.dest_uri) != (dag_id, chain_root(run_id), dest.uri):
         return Catalog(None, location, "the chain record names another DAG, chain or destination")

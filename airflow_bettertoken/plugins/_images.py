@@ -1,4 +1,8 @@
-"""The gallery's images: S3 reads with one client per connection, and thumbnails cached by ETag.
+"""The gallery's images: S3 reads through the provider's store, and thumbnails cached by ETag.
+
+Every read goes through :class:`~airflow_bettertoken.storage.s3_io.S3IO`, as the operators' do: a 403
+reads as ``HIDDEN`` (the gallery's connection may not read it), never as missing, and throttling or a
+5xx (after botocore's retries) raises the store's explained error instead of hiding the image.
 
 Every read starts with a HEAD: an object over 50 MB (the API's own limit) is never downloaded, and a
 thumbnail already made from this very object (same bucket, key and ETag) is served without a GET. The
@@ -13,21 +17,20 @@ import io
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from botocore.exceptions import ClientError
 from PIL import Image, UnidentifiedImageError
 
 from airflow_bettertoken.protocol.png import DEFAULT_MAX_PIXELS
 from airflow_bettertoken.protocol.wire import MAX_IMAGE_BYTES, sniff_image_type
 from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.s3_io import S3IO, ObjectRead, Presence
 
 THUMBNAIL_SIDE = 512
 THUMBNAIL_CACHE_BYTES = 64 * 1024 * 1024
-# A client is rebuilt after this long, so that a connection changed by an admin is picked up.
+# A store is rebuilt after this long, so that a connection changed by an admin is picked up.
 CLIENT_TTL_S = 300.0
 
 
@@ -39,17 +42,22 @@ class NotAnImage(Exception):
     """An object that is not a PNG, JPEG or WEBP (a failed edit's source may be a text file named .png)."""
 
 
-@dataclass(frozen=True)
-class ObjectHead:
-    """What a HEAD says about an object: enough to refuse it, or to find its thumbnail, before a GET."""
+class ImageGone(Exception):
+    """The object is not the one its HEAD saw any more: replaced (412 to the ``IfMatch`` GET) or gone."""
 
-    size: int
-    etag: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
+
+def unavailable(presence: Presence) -> str:
+    """Why an object that a HEAD did not find cannot be shown, for the page."""
+    if presence is Presence.HIDDEN:
+        return (
+            "S3 answered 403: the gallery's AWS connection may not read this image (it needs "
+            "s3:GetObject on it, and s3:ListBucket to tell a missing one)"
+        )
+    return "the image is no longer in S3"
 
 
 class S3Objects:
-    """HEAD and GET through one boto3 client per AWS connection, kept for ``client_ttl`` seconds.
+    """HEAD and GET through one :class:`S3IO` per AWS connection, kept for ``client_ttl`` seconds.
 
     ``S3Hook`` looks the connection up and builds a session each time; boto3 clients are thread-safe.
     """
@@ -57,39 +65,42 @@ class S3Objects:
     def __init__(self, client_ttl: float = CLIENT_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.client_ttl = client_ttl
         self._clock = clock
-        self._clients: dict[str | None, tuple[float, Any]] = {}
+        self._stores: dict[str | None, tuple[float, S3IO]] = {}
         self._lock = threading.Lock()
 
-    def client(self, conn_id: str | None) -> Any:
+    def store(self, conn_id: str | None) -> S3IO:
+        """The store of ``conn_id``, made again once it is ``client_ttl`` seconds old."""
         now = self._clock()
         with self._lock:
-            built = self._clients.get(conn_id)
+            built = self._stores.get(conn_id)
             if built is not None and now - built[0] < self.client_ttl:
                 return built[1]
-        client = S3Hook(aws_conn_id=conn_id).get_conn()
+        store = S3IO(S3Hook(aws_conn_id=conn_id))
         with self._lock:
-            self._clients[conn_id] = (now, client)
-        return client
+            self._stores[conn_id] = (now, store)
+        return store
 
-    def head(self, conn_id: str | None, location: S3Location) -> ObjectHead | None:
-        """The object's size, ETag and user metadata; None when it is missing or may not be read."""
-        try:
-            answer = self.client(conn_id).head_object(Bucket=location.bucket, Key=location.key)
-        except ClientError:
-            return None
-        return ObjectHead(answer["ContentLength"], answer["ETag"], answer.get("Metadata") or {})
+    def head(self, conn_id: str | None, location: S3Location) -> ObjectRead:
+        """The object's size, ETag and user metadata (``FOUND``), or ``MISSING`` or ``HIDDEN`` (a 403).
 
-    def get(self, conn_id: str | None, location: S3Location, head: ObjectHead) -> bytes:
+        :raises BetterTokenStorageError: throttling, a 5xx or any other failure: never "missing".
+        """
+        return self.store(conn_id).head(location)
+
+    def get(self, conn_id: str | None, location: S3Location, head: ObjectRead) -> bytes:
         """The bytes of the object that ``head`` describes, if it is within the byte limit.
 
         :raises ImageTooLarge: before any GET, from the HEAD's size.
-        :raises botocore.exceptions.ClientError: when the object is gone or changed since the HEAD.
+        :raises ImageGone: when the object is gone, hidden or changed since the HEAD.
+        :raises BetterTokenStorageError: when S3 failed otherwise.
         """
-        if head.size > MAX_IMAGE_BYTES:
-            raise ImageTooLarge(f"{location.uri} is {head.size} bytes, over the limit of {MAX_IMAGE_BYTES}")
-        answer = self.client(conn_id).get_object(Bucket=location.bucket, Key=location.key, IfMatch=head.etag)
-        with answer["Body"] as body:
-            return body.read(MAX_IMAGE_BYTES + 1)
+        size = head.content_length or 0
+        if size > MAX_IMAGE_BYTES:
+            raise ImageTooLarge(f"{location.uri} is {size} bytes, over the limit of {MAX_IMAGE_BYTES}")
+        read = self.store(conn_id).get(location, if_match=head.etag, max_bytes=MAX_IMAGE_BYTES)
+        if not read.found or read.body is None:
+            raise ImageGone(f"{location.uri} is {read.presence.value} since its HEAD")
+        return read.body
 
 
 def image_type(data: bytes) -> str:
@@ -159,13 +170,13 @@ class GalleryImages:
         self.objects = objects or S3Objects()
         self.thumbnails = thumbnails or ThumbnailCache()
 
-    def full(self, conn_id: str | None, location: S3Location, head: ObjectHead) -> tuple[bytes, str]:
+    def full(self, conn_id: str | None, location: S3Location, head: ObjectRead) -> tuple[bytes, str]:
         """The image's bytes and its content type."""
         data = self.objects.get(conn_id, location, head)
         if len(data) > MAX_IMAGE_BYTES:  # more than the HEAD said: refused all the same
             raise ImageTooLarge(f"{location.uri} is over the limit of {MAX_IMAGE_BYTES} bytes")
         return data, image_type(data)
 
-    def thumbnail(self, conn_id: str | None, location: S3Location, head: ObjectHead) -> bytes:
+    def thumbnail(self, conn_id: str | None, location: S3Location, head: ObjectRead) -> bytes:
         key = (conn_id, location.bucket, location.key, head.etag)
         return self.thumbnails.thumbnail(key, lambda: self.full(conn_id, location, head)[0])

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_bettertoken.exceptions import BetterTokenBudgetError, BetterTokenStorageError
 from airflow_bettertoken.protocol.result import EditResult
+from airflow_bettertoken.protocol.retry import Timing
 from airflow_bettertoken.protocol.spend import (
     Claim,
     EditEntry,
@@ -86,17 +87,24 @@ def _spill_location(output: S3Location, edit_id: str) -> S3Location:
     return S3Location(output.bucket, f"{RESERVED_PREFIX}spill/{output.key}.{edit_id[:16]}")
 
 
-def read_ledger(s3_hook: S3Hook, output: S3Location) -> OutputLedger | None:
-    """The output's ledger as S3 has it now, or None when nothing was ever sent for it."""
-    document = ConditionalRecord(s3_hook, ledger_location(output)).read()
+def read_ledger(
+    s3_hook: S3Hook, output: S3Location, *, extra_args: Mapping[str, Any] | None = None
+) -> OutputLedger | None:
+    """The output's ledger as S3 has it now, or None when nothing was ever sent for it (or a 403 hides it).
+
+    :param extra_args: the ``s3_extra_args`` of the edits; the GET carries their read arguments.
+    """
+    document = ConditionalRecord(s3_hook, ledger_location(output), extra_args=extra_args).read()
     return OutputLedger.from_json(document) if document else None
 
 
-def read_ledgers(s3_hook: S3Hook, outputs: Sequence[S3Location]) -> list[OutputLedger]:
+def read_ledgers(
+    s3_hook: S3Hook, outputs: Sequence[S3Location], *, extra_args: Mapping[str, Any] | None = None
+) -> list[OutputLedger]:
     """The ledgers of many outputs, a few GETs at a time (a run may have planned a thousand edits)."""
-    S3IO(s3_hook).client  # noqa: B018 (one client, made before the threads share it)
+    S3IO(s3_hook, extra_args).client  # noqa: B018 (one client, made before the threads share it)
     with ThreadPoolExecutor(max_workers=_PARALLEL_READS) as pool:
-        found = pool.map(lambda output: read_ledger(s3_hook, output), outputs)
+        found = pool.map(lambda output: read_ledger(s3_hook, output, extra_args=extra_args), outputs)
         return [ledger for ledger in found if ledger is not None]
 
 
@@ -110,6 +118,7 @@ class SpendLedger:
     :param holder: the task instance and try doing the edit.
     :param how_to_raise: where the user raises the budget, for refusal messages.
     :param read_timeout: the client's read timeout, to tell its own timeouts from a proxy's cuts.
+    :param timing: the sleep and jitter between the rounds of its conditional writes.
     """
 
     def __init__(
@@ -124,6 +133,7 @@ class SpendLedger:
         how_to_raise: str = "",
         read_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
+        timing: Timing | None = None,
     ) -> None:
         self.s3_hook = s3_hook
         self.output = output
@@ -131,14 +141,19 @@ class SpendLedger:
         self.holder = holder
         self.policy = policy
         self.extra_args = dict(extra_args or {})
-        self.io = S3IO(s3_hook, extra_args)
+        self.io = S3IO(s3_hook, extra_args, timing)
         self.how_to_raise = how_to_raise
         self.read_timeout = read_timeout
         self.clock = clock
         self.token = uuid.uuid4().hex
-        self._record = ConditionalRecord(s3_hook, ledger_location(output), extra_args=extra_args)
+        self._record = ConditionalRecord(
+            s3_hook, ledger_location(output), extra_args=extra_args, timing=timing
+        )
         self._breaker = ConditionalRecord(
-            s3_hook, breaker_location(output.bucket, holder.dag_id, holder.run_id), extra_args=extra_args
+            s3_hook,
+            breaker_location(output.bucket, holder.dag_id, holder.run_id),
+            extra_args=extra_args,
+            timing=timing,
         )
         self._lock = threading.Lock()
         self._stop_renewing = threading.Event()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
 from airflow_bettertoken.storage.findings import SkippedKey
 from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location, check_output_key, key_problem
 
-__all__ = ["IMAGE_SUFFIXES", "Plan", "plan_edits", "plan_pending", "usable_sources"]
+if TYPE_CHECKING:
+    from airflow_bettertoken.storage.objects import ImageStore
+
+__all__ = ["IMAGE_SUFFIXES", "Plan", "plan_edits", "plan_every_edit", "plan_pending", "usable_sources"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -119,3 +123,11 @@ def plan_pending(
         remaining=len(pending) - planned_pending,
         skipped=skipped,
     )
+
+
+def plan_every_edit(store: ImageStore, source: S3Location, dest: S3Location, *, max_edits: int) -> Plan:
+    """The first ``max_edits`` edits of every image under ``source``, made or not (a forced re-edit).
+
+    One listing of the sources; the outputs are not listed, since none is skipped.
+    """
+    return plan_pending(store.list_keys(source), [], source, dest, only_pending=False, max_edits=max_edits)

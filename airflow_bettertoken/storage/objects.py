@@ -18,12 +18,12 @@ from airflow_bettertoken.storage.findings import StoreCheck
 from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
 from airflow_bettertoken.storage.s3_errors import hidden_object_text
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
-from airflow_bettertoken.storage.s3_io import S3IO, BucketAccess, Presence, upload_policy
+from airflow_bettertoken.storage.s3_io import S3IO, BucketAccess, ObjectRead, Presence
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-__all__ = ["ImageStore", "UploadFailed", "upload_policy"]
+__all__ = ["ImageStore", "UploadFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ _PROBE_NAME = ".bettertoken-preflight"
 
 
 class UploadFailed(Exception):
-    """An S3 write that failed for good or ran out of time; ``cause`` is the explained S3 error."""
+    """An S3 write that failed (after botocore's retries); ``cause`` is the explained S3 error."""
 
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
@@ -43,7 +43,7 @@ class ImageStore:
     """The S3 objects one edit reads and writes, through the Amazon provider's ``S3Hook``.
 
     :param s3_hook: the hook of the AWS connection.
-    :param timing: sleep and clocks of the upload loop.
+    :param timing: the clocks and sleep of what waits on this store (see :class:`S3IO`).
     :param s3_extra_args: what every write adds to ``put_object`` (see :class:`S3ExtraArgs`).
     """
 
@@ -57,8 +57,8 @@ class ImageStore:
         self.timing = timing or Timing()
         self.io = S3IO(s3_hook, s3_extra_args, self.timing)
 
-    def head(self, location: S3Location) -> dict[str, Any] | None:
-        """An output's HEAD answer, or None when it is not there to be seen.
+    def head(self, location: S3Location) -> ObjectRead | None:
+        """An output's HEAD answer (``FOUND``), or None when it is not there to be seen.
 
         A 403 counts as not there: without ``s3:ListBucket`` that is AWS's answer for a missing key.
         Going on is safe, because the upload is create-only unless ``if_exists="replace"``.
@@ -69,7 +69,7 @@ class ImageStore:
                 "%s; taking it as missing: the create-only upload still never overwrites",
                 hidden_object_text("HeadObject", location, self.io.conn_id),
             )
-        return read.response if read.found else None
+        return read if read.found else None
 
     def bucket_exists(self, bucket: str) -> bool:
         """False only when S3 says the bucket does not exist (404); 403: it exists but cannot be listed."""
@@ -162,15 +162,14 @@ class ImageStore:
         metadata: dict[str, str],
         *,
         create_only: bool,
-        deadline: float,
     ) -> bool:
         """Write the PNG; False if ``create_only`` and another writer won the race (S3 answered 412).
 
-        Throttling, 5xx and connection errors are retried until ``deadline`` seconds have passed
-        (after botocore's own retries); anything else fails at once: waiting does not fix a missing
-        bucket, a denied write or missing credentials.
+        Throttling, 5xx and connection errors are retried by botocore, as the connection configures
+        it; anything else fails at once: waiting does not fix a missing bucket, a denied write or
+        missing credentials.
 
-        :raises UploadFailed: when the write failed for good or time ran out.
+        :raises UploadFailed: when the write failed, after botocore's retries where they apply.
         """
         try:
             result = self.io.put(
@@ -179,7 +178,6 @@ class ImageStore:
                 content_type="image/png",
                 metadata=metadata,
                 if_none_match=create_only,
-                deadline=deadline,
             )
         except BetterTokenStorageError as err:
             raise UploadFailed(err) from err

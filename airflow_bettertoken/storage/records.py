@@ -2,38 +2,36 @@
 
 Delta Lake's S3 commit protocol and the lease pattern are the models: read the record and its
 ETag, compute the new record from it, and write it with ``IfMatch`` (or ``IfNoneMatch="*"`` when
-there was none). A 412 means another writer came first: read again and decide again.
+there was none). A 412 means another writer came first: read again and decide again, after a short
+random wait taken from the store's :class:`~airflow_bettertoken.protocol.retry.Timing`, the same clock
+and sleep as every other wait of the provider, so that tests run the rounds in virtual time.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
 from airflow_bettertoken.exceptions import BetterTokenStorageError
+from airflow_bettertoken.protocol.retry import Timing
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.s3_io import S3IO, Presence
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-__all__ = ["ConditionalRecord", "RecordConflict", "status_of"]
+__all__ = ["ConditionalRecord", "RecordConflict"]
 
 # Rounds of read-decide-write before giving up: each lost round means another writer changed it.
 _MAX_ROUNDS = 50
+# The wait after a lost round, in seconds: random in [_ROUND_WAIT, 5 * _ROUND_WAIT), times the round
+# (at most 10), so that writers who keep meeting spread out.
+_ROUND_WAIT = 0.02
 
 
 class RecordConflict(Exception):
     """The record changed under every one of many attempts to write it."""
-
-
-def status_of(err: ClientError) -> int:
-    return err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
 
 
 class ConditionalRecord:
@@ -44,6 +42,7 @@ class ConditionalRecord:
     no record, which the create-only write then settles.
 
     :param extra_args: ``put_object`` arguments added to every write (e.g. server-side encryption).
+    :param timing: the sleep and the jitter of the waits between rounds; tests pass virtual time.
     """
 
     def __init__(
@@ -52,12 +51,11 @@ class ConditionalRecord:
         location: S3Location,
         *,
         extra_args: Mapping[str, Any] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        timing: Timing | None = None,
     ) -> None:
         self.s3_hook = s3_hook
         self.location = location
-        self.io = S3IO(s3_hook, extra_args)
-        self._sleep = sleep
+        self.io = S3IO(s3_hook, extra_args, timing)
         self._known: tuple[dict[str, Any] | None, str | None] | None = None
         self._hidden = False
 
@@ -123,5 +121,6 @@ class ConditionalRecord:
                 )
             # 412: another writer came first; or the version we matched was deleted meanwhile.
             self._known = None
-            self._sleep(random.uniform(0.02, 0.1) * min(round_number + 1, 10))
+            jitter = 1 + 4 * self.io.timing.random_fraction()
+            self.io.timing.sleep(_ROUND_WAIT * jitter * min(round_number + 1, 10))
         raise RecordConflict(f"{self.location.uri} kept changing under {_MAX_ROUNDS} attempts to write it")

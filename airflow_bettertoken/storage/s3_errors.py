@@ -180,12 +180,8 @@ def storage_error(
     extra: S3ExtraArgs,
     *,
     failure: S3Failure | None = None,
-    gave_up: str = "",
 ) -> BetterTokenStorageError:
-    """The error a user reads: the request, S3's answer with the botocore class, and what to check.
-
-    :param gave_up: why the caller's own retry loop stopped, if it had one.
-    """
+    """The error a user reads: the request, S3's answer with the botocore class, and what to check."""
     failure = failure or classify(err)
     answer = " ".join(str(part) for part in (failure.status, failure.code) if part)
     what = f"{answer}, botocore {failure.botocore_class}" if answer else f"botocore {failure.botocore_class}"
@@ -193,7 +189,7 @@ def storage_error(
     text = f"S3 {operation} on {location.uri} failed ({what}) with connection {conn!r}: {said}"
     if failure.retryable:
         tries = f"after {failure.attempts} attempt(s) by botocore" if failure.attempts else "by botocore"
-        text += f". Retried {tries}" + (f"; {gave_up}" if gave_up else "")
+        text += f". Retried {tries}, as the connection configures botocore's retries"
     else:
         text += ". Waiting does not fix this, so it was not retried"
     advice = _advice(failure, operation, location, conn or "aws_default", extra)

@@ -1,10 +1,11 @@
-"""Every request the provider makes to its S3 destination: one write primitive, and reads that know AWS.
+"""The provider's one S3 store: every request it makes to S3 goes through :class:`S3IO`.
 
-Every write goes through :meth:`S3IO.put`: the outputs, the preflight's probe, the manifests, and the
-spend ledger's conditional writes. It applies the checked ``s3_extra_args``, takes ``If-None-Match`` /
-``If-Match`` conditions, and turns botocore's errors into a :class:`BetterTokenStorageError` that
-names the permission and the fix. Reads go through :meth:`S3IO.head` and :meth:`S3IO.get`, which
-understand AWS's 403 for a missing key.
+Outputs, sources, the spend ledger and every record under ``_bettertoken/``, the manifests, the
+spill and evidence, the trigger's polls and the UI plugin's reads all come here, so that each carries
+the checked ``s3_extra_args`` (``ExpectedBucketOwner`` and ``RequestPayer`` on the reads too), the 403
+rule below, the retry classification (:mod:`.s3_errors`) and a :class:`BetterTokenStorageError` that
+names the permission and the fix. The answers are typed (:class:`ObjectRead`, :class:`PutResult`,
+:class:`BucketAccess`): nobody outside this module reads botocore's dicts.
 
 **The 403 rule.** Without ``s3:ListBucket`` on a bucket, AWS answers a HEAD or GET of a key that does
 not exist with 403 (``AccessDenied``), not 404 (``NoSuchKey``); it answers the same when the role
@@ -12,18 +13,17 @@ lacks ``s3:GetObject``. So a read never says "missing" for a 403: it says :attr:
 A caller that would create the object when it is missing can go on with a create-only write
 (``put(..., if_none_match=True)``): S3 refuses it (``written=False``) if the object exists after all.
 
-**Retries.** The client is made from the connection through ``S3Hook``, in botocore's ``standard``
-retry mode (3 attempts with backoff and jitter, for throttling, 5xx and connection errors) unless the
-connection's ``config_kwargs`` sets ``retries``. ``put`` with a ``deadline`` goes on trying after
-botocore gave up, for the upload of an image that was already paid for, and its log says that
-botocore had already retried. Anything else fails at once: waiting does not fix a denied request,
-missing credentials or an invalid parameter.
+**Retries.** botocore's, and only botocore's: the client is made from the connection through ``S3Hook``,
+with the connection's ``config_kwargs`` as they are, in botocore's ``standard`` retry mode (3 attempts
+with backoff and jitter, for throttling, 5xx and connection errors) unless they set ``retries``. Nothing
+here retries on top of that; what botocore gave up on is raised, and :mod:`.s3_errors` says whether
+waiting may heal it. Conditional writes that lose a race are a different matter: the record is read
+again and decided again (:mod:`.records`), waiting through the store's :class:`Timing`.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_bettertoken.exceptions import BetterTokenStorageError
-from airflow_bettertoken.protocol.retry import Failure, RetryLoop, RetryPolicy, Timing, is_retryable_status
+from airflow_bettertoken.protocol.retry import Timing
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.s3_errors import S3Failure, classify, storage_error
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
@@ -42,9 +42,7 @@ from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-__all__ = ["S3IO", "BucketAccess", "ObjectRead", "Presence", "PutResult", "upload_policy"]
-
-log = logging.getLogger(__name__)
+__all__ = ["S3IO", "BucketAccess", "ObjectRead", "Presence", "PutResult"]
 
 #: botocore's standard mode, for connections that do not choose their own retries.
 STANDARD_RETRIES = {"mode": "standard"}
@@ -55,13 +53,6 @@ _clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _clients_lock = threading.Lock()
 
 
-def upload_policy(deadline: float) -> RetryPolicy:
-    """Retries of an S3 write: bounded by ``deadline`` seconds rather than by a count."""
-    return RetryPolicy(
-        max_attempts=1000, deadline=deadline, backoff_initial=1.0, backoff_multiplier=2.0, backoff_max=30.0
-    )
-
-
 class Presence(enum.Enum):
     """What a HEAD or GET learned about an object."""
 
@@ -70,14 +61,13 @@ class Presence(enum.Enum):
     MISSING = "missing"
     #: 403: a key that does not exist, read without ``s3:ListBucket``, or one the role may not read.
     HIDDEN = "hidden"
+    #: 412 to a read with ``if_match``: the object is there, but no longer the version asked for.
+    CHANGED = "changed"
 
 
 @dataclass(frozen=True)
 class ObjectRead:
-    """The answer to :meth:`S3IO.head` or :meth:`S3IO.get`; only ``FOUND`` carries the object's fields.
-
-    ``response`` is botocore's whole answer, for the few callers that need more than these fields.
-    """
+    """The answer to :meth:`S3IO.head` or :meth:`S3IO.get`; only ``FOUND`` carries the object's fields."""
 
     presence: Presence
     etag: str | None = None
@@ -85,7 +75,6 @@ class ObjectRead:
     content_length: int | None = None
     content_type: str | None = None
     body: bytes | None = field(default=None, repr=False)
-    response: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def found(self) -> bool:
@@ -115,7 +104,8 @@ class S3IO:
     :param s3_hook: the Amazon provider's hook for the AWS connection; the client comes from it.
     :param extra_args: ``s3_extra_args``: :class:`S3ExtraArgs`, or a mapping that is checked here. All of
         them go on every write; ``ExpectedBucketOwner`` and ``RequestPayer`` also on the reads.
-    :param timing: sleep and clocks of the upload loop; tests pass virtual time.
+    :param timing: the clocks and sleep of what waits on this store (the rounds of a
+        :class:`~airflow_bettertoken.storage.records.ConditionalRecord`); tests pass virtual time.
     """
 
     def __init__(
@@ -151,12 +141,6 @@ class S3IO:
         self.extra_args.check_values(client.meta.service_model)
         return client
 
-    def botocore_retries(self) -> str:
-        """botocore's own retry setting, as the upload loop's log states it."""
-        retries = self.client.meta.config.retries or {}
-        attempts = retries.get("total_max_attempts")
-        return f"retry mode {retries.get('mode', 'legacy')}" + (f", {attempts} attempts" if attempts else "")
-
     def put(
         self,
         location: S3Location,
@@ -166,21 +150,21 @@ class S3IO:
         metadata: Mapping[str, str] | None = None,
         if_none_match: bool = False,
         if_match: str | None = None,
-        deadline: float | None = None,
     ) -> PutResult:
         """Write one object with the extra arguments; the only way the provider writes to S3.
 
+        Throttling, 5xx and connection errors were retried by botocore, as the connection configures it,
+        before this raises; nothing retries them again on top.
+
         :param if_none_match: create only: S3 refuses the write if the key exists (``If-None-Match: *``).
         :param if_match: replace only the version with this ETag (``If-Match``).
-        :param deadline: for an image already paid for: go on retrying throttling, 5xx and connection
-            errors for this many seconds after botocore gave up. None: botocore's retries alone.
         :returns: the new ETag; or ``written=False`` when a condition failed: 412 (another writer
             came first), or 404 to an ``if_match`` write (that version was deleted). Read again and
             decide again.
-        :raises BetterTokenStorageError: when S3 refused the write, or time ran out; it names the
-            botocore class, the permission and the fix. A 409 ``ConditionalRequestConflict`` (two
-            conditional writes at once) is retried within a ``deadline``; without one it is raised
-            with ``retryable=True`` and ``code="ConditionalRequestConflict"``: read again and decide again.
+        :raises BetterTokenStorageError: when S3 refused the write; it names the botocore class, the
+            permission and the fix, and says (``retryable``) whether waiting may heal it. A 409
+            ``ConditionalRequestConflict`` (two conditional writes at once) comes with ``retryable=True``
+            and ``code="ConditionalRequestConflict"``: read again and decide again.
 
         A record kept with conditional writes (the spend ledger) reads with :meth:`get` and writes::
 
@@ -206,38 +190,18 @@ class S3IO:
             params["IfNoneMatch"] = "*"
         if if_match is not None:
             params["IfMatch"] = if_match
-        conditional = if_none_match or if_match is not None
-        loop = RetryLoop(upload_policy(deadline), self.timing) if deadline is not None else None
-        while True:
-            if loop is not None:
-                loop.begin_attempt()
-            try:
-                response = self.client.put_object(**params)
-                return PutResult(True, response.get("ETag"))
-            except (ClientError, BotoCoreError) as err:
-                failure = classify(err)
-                # 412: the condition failed, another writer came first. 404 to an If-Match write:
-                # the version it names was deleted meanwhile, which fails the condition too.
-                if (conditional and failure.status == 412) or (
-                    if_match is not None and failure.status == 404
-                ):
-                    return PutResult(False)
-                if loop is None or not failure.retryable:
-                    raise self._error(err, "PutObject", location, failure) from err
-                decision = self._after_failure(loop, err, failure)
-                if not decision.retry:
-                    raise self._error(err, "PutObject", location, failure, gave_up=decision.reason) from err
-            log.warning(
-                "S3 PutObject of %s failed (%s, botocore %s) after botocore's own retries (%s); "
-                "the upload of this paid image tries again in %.1f s, until upload_deadline=%.0f s",
-                location.uri,
-                failure.code or failure.status or failure.message,
-                failure.botocore_class,
-                self.botocore_retries(),
-                decision.wait,
-                deadline,
-            )
-            loop.wait(decision)
+        try:
+            response = self.client.put_object(**params)
+        except (ClientError, BotoCoreError) as err:
+            failure = classify(err)
+            # 412: the condition failed, another writer came first. 404 to an If-Match write: the
+            # version it names was deleted meanwhile, which fails the condition too.
+            if ((if_none_match or if_match is not None) and failure.status == 412) or (
+                if_match is not None and failure.status == 404
+            ):
+                return PutResult(False)
+            raise self._error(err, "PutObject", location, failure) from err
+        return PutResult(True, response.get("ETag"))
 
     def copy(self, source: S3Location, dest: S3Location, *, if_none_match: bool = True) -> PutResult:
         """Copy an object inside S3 (``CopyObject``: no download), keeping its metadata and content type.
@@ -274,41 +238,55 @@ class S3IO:
             raise self._error(err, "CopyObject", dest, failure) from err
         return PutResult(True, (response.get("CopyObjectResult") or {}).get("ETag"))
 
-    @staticmethod
-    def _after_failure(loop: RetryLoop, err: Exception, failure: S3Failure) -> Any:
-        if isinstance(err, ClientError) and failure.status and is_retryable_status(failure.status):
-            headers = err.response.get("ResponseMetadata", {}).get("HTTPHeaders")
-            return loop.after_failure(status=failure.status, headers=headers)
-        # A throttling code under another status, or no answer: writing the same object again is safe.
-        return loop.after_failure(failure=Failure.NOT_SENT)
-
     def head(self, location: S3Location) -> ObjectRead:
         """HEAD an object: ``FOUND`` with its fields, ``MISSING`` (404) or ``HIDDEN`` (403; see the module).
 
-        :raises BetterTokenStorageError: for any other failure.
+        :raises BetterTokenStorageError: for any other failure, throttling and 5xx included (after
+            botocore's retries): those say nothing about whether the object is there.
         """
         return self._read("HeadObject", location, {})
 
-    def get(self, location: S3Location, *, byte_range: str | None = None) -> ObjectRead:
-        """GET an object's bytes (or ``byte_range``, e.g. ``"bytes=0-63"``), with :meth:`head`'s 403 rule.
+    def get(
+        self,
+        location: S3Location,
+        *,
+        byte_range: str | None = None,
+        if_match: str | None = None,
+        max_bytes: int | None = None,
+    ) -> ObjectRead:
+        """GET an object's bytes, with :meth:`head`'s 403 rule.
 
+        :param byte_range: only these bytes, e.g. ``"bytes=0-63"``.
+        :param if_match: only this version (an ETag from :meth:`head`): ``CHANGED`` if it is another.
+        :param max_bytes: read at most this many bytes and one more, so that the caller sees an object
+            larger than it may hold without holding all of it.
         :raises BetterTokenStorageError: for any other failure.
         """
-        return self._read("GetObject", location, {"Range": byte_range} if byte_range else {})
+        extra = {"Range": byte_range} if byte_range else {}
+        if if_match is not None:
+            extra["IfMatch"] = if_match
+        return self._read("GetObject", location, extra, max_bytes)
 
-    def _read(self, operation: str, location: S3Location, extra: dict[str, Any]) -> ObjectRead:
+    def _read(
+        self, operation: str, location: S3Location, extra: dict[str, Any], max_bytes: int | None = None
+    ) -> ObjectRead:
         request = self.client.head_object if operation == "HeadObject" else self.client.get_object
         try:
             response = request(
                 Bucket=location.bucket, Key=location.key, **self.extra_args.for_read(), **extra
             )
-            body = response["Body"].read() if "Body" in response else None
+            body = None
+            if "Body" in response:
+                with response["Body"] as stream:
+                    body = stream.read() if max_bytes is None else stream.read(max_bytes + 1)
         except (ClientError, BotoCoreError) as err:
             failure = classify(err)
             if failure.status == 404 and failure.code in (None, "404", "NoSuchKey", "NotFound"):
                 return ObjectRead(Presence.MISSING)
             if failure.status == 403 and failure.code in (None, "403", "AccessDenied"):
                 return ObjectRead(Presence.HIDDEN)
+            if "IfMatch" in extra and failure.status == 412:
+                return ObjectRead(Presence.CHANGED)
             raise self._error(err, operation, location, failure) from err
         return ObjectRead(
             Presence.FOUND,
@@ -317,7 +295,6 @@ class S3IO:
             content_length=response.get("ContentLength"),
             content_type=response.get("ContentType"),
             body=body,
-            response={k: v for k, v in response.items() if k != "Body"},
         )
 
     def delete(self, location: S3Location) -> None:
@@ -396,8 +373,5 @@ class S3IO:
         operation: str,
         location: S3Location,
         failure: S3Failure | None = None,
-        gave_up: str = "",
     ) -> BetterTokenStorageError:
-        return storage_error(
-            err, operation, location, self.conn_id, self.extra_args, failure=failure, gave_up=gave_up
-        )
+        return storage_error(err, operation, location, self.conn_id, self.extra_args, failure=failure)

@@ -7,6 +7,9 @@ addresses an IP endpoint). moto applies no bucket policy and no IAM, so the prox
   keys for which ``fails_key(key)`` is true fail: by default every key but the provider's own records
   under ``_bettertoken/``;
 - ``lose_put_answers``: the next object PUTs are stored, but their answer is lost: the client sees a 503;
+- ``fail_reads``: the next object HEADs and GETs fail (-1: all) with a 503 SlowDown (throttling);
+- ``requester_pays``: a requester-pays bucket: every request without ``x-amz-request-payer: requester``
+  is refused with a 403, as AWS refuses it;
 - ``require_kms``: a bucket policy that denies uploads without ``x-amz-server-side-encryption: aws:kms``,
   answered with AWS's explicit-deny 403;
 - ``no_list_bucket``: a role without ``s3:ListBucket``: LISTs and bucket HEADs answer 403, and so does a
@@ -55,6 +58,8 @@ class S3FaultProxy:
         self.failed_puts = 0
         #: The next this-many object PUTs are stored, but their answer is lost: the client sees a 503.
         self.lose_put_answers = 0
+        self.fail_reads = 0
+        self.requester_pays = False
         self.require_kms = False
         self.no_list_bucket = False
         self.ignore_conditional_writes = False
@@ -74,6 +79,14 @@ class S3FaultProxy:
                 path, _, query = self.path.lstrip("/").partition("?")
                 bucket, _, key = unquote(path).partition("/")
                 is_object_put = self.command == "PUT" and bool(key) and "uploadId" not in query
+                if proxy.requester_pays and self.headers.get("x-amz-request-payer") != "requester":
+                    self._reply(403, {"Content-Type": "application/xml"}, ACCESS_DENIED)
+                    return
+                if key and self.command in ("GET", "HEAD") and proxy.fail_reads != 0:
+                    if proxy.fail_reads > 0:
+                        proxy.fail_reads -= 1
+                    self._reply(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
+                    return
                 if is_object_put and proxy.fail_puts != 0 and proxy.fails_key(key):
                     if proxy.fail_puts > 0:
                         proxy.fail_puts -= 1

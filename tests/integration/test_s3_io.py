@@ -10,7 +10,9 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 from airflow_bettertoken.exceptions import BetterTokenStorageError
 from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.records import ConditionalRecord, RecordConflict
 from airflow_bettertoken.storage.s3_io import S3IO, BucketAccess, Presence
+from tests.virtual_time import VirtualTime
 
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
@@ -102,3 +104,50 @@ def test_a_copy_is_create_only_keeps_the_metadata_and_carries_the_extra_args(s3,
     assert s3.get_object(Bucket=published.bucket, Key=published.key)["Body"].read() == b"png"
     tags = s3.get_object_tagging(Bucket=published.bucket, Key=published.key)["TagSet"]
     assert tags == [{"Key": "review", "Value": "approved"}]
+
+
+def test_the_rounds_of_a_conditional_record_wait_in_the_stores_time(buckets):
+    """A lost round (another writer came first) waits through the injected Timing: no real sleep."""
+    clock = VirtualTime()
+    location = S3Location(buckets.out, "_bettertoken/runs/r.json")
+    record = ConditionalRecord(S3Hook(aws_conn_id="aws_default"), location, timing=clock.timing())
+    other = ConditionalRecord(S3Hook(aws_conn_id="aws_default"), location)
+    seen: list[dict | None] = []
+
+    def add_one(current: dict | None) -> dict:
+        seen.append(current)
+        if len(seen) == 1:
+            other.update(lambda _: {"n": 10})  # another writer, between this round's read and write
+        return {"n": (current or {"n": 0})["n"] + 1}
+
+    assert record.update(add_one) == {"n": 11}
+    assert seen == [None, {"n": 10}]
+    [wait] = clock.waits
+    assert 0.02 <= wait < 0.1
+
+
+def test_a_record_that_keeps_changing_gives_up_after_its_rounds_in_virtual_time(buckets):
+    clock = VirtualTime()
+    location = S3Location(buckets.out, "_bettertoken/runs/busy.json")
+    record = ConditionalRecord(S3Hook(aws_conn_id="aws_default"), location, timing=clock.timing())
+    other = ConditionalRecord(S3Hook(aws_conn_id="aws_default"), location)
+
+    def always_beaten(current: dict | None) -> dict:
+        other.update(lambda found: {"n": (found or {"n": 0})["n"] + 1})
+        return {"mine": True}
+
+    with pytest.raises(RecordConflict, match="kept changing under 50 attempts"):
+        record.update(always_beaten)
+    assert len(clock.waits) == 50 and sum(clock.waits) < 30  # rounds 10+ wait at most 1 s each
+
+
+def test_a_get_of_one_version_reads_changed_when_the_object_was_replaced(s3, buckets):
+    """The gallery's GET asks for the ETag its HEAD saw: never the bytes of a newer version."""
+    location = S3Location(buckets.out, "edited/a.png")
+    store = io()
+    first = store.put(location, b"first")
+    assert store.get(location, if_match=first.etag).body == b"first"
+    store.put(location, b"second, longer")
+
+    assert store.get(location, if_match=first.etag).presence is Presence.CHANGED
+    assert store.get(location, max_bytes=6).body == b"second,"  # at most one byte past the bound

@@ -69,3 +69,34 @@ def test_a_second_view_of_a_page_of_50_thumbnails_makes_no_get(server, counted_r
     # Each thumbnail: a HEAD (the size, the ETag), then a GET only when the cache has no thumbnail of it.
     assert first["images"] == {"HEAD": 50, "GET": 50}
     assert second["images"] == {"HEAD": 50}
+
+
+def one_thumbnail(server, run_id) -> str:
+    return unescape(re.findall(r'<img src="([^"]*)"', page(server, run_id))[0])
+
+
+def test_a_throttled_s3_is_an_error_on_the_image_never_a_missing_one(server, counted_run, counted_s3):
+    headers = {"Authorization": f"Bearer {server.token('viewer')}"}
+    thumbnail = one_thumbnail(server, counted_run)
+    counted_s3.fail_reads = -1  # every HEAD and GET: SlowDown, through botocore's own retries
+    try:
+        answer = requests.get(run_url(server) + thumbnail, headers=headers, timeout=60)
+    finally:
+        counted_s3.fail_reads = 0
+
+    assert answer.status_code == 502
+    assert "S3 failed to answer (503" in answer.text and "no longer in S3" not in answer.text
+    assert requests.get(run_url(server) + thumbnail, headers=headers, timeout=60).status_code == 200
+
+
+def test_a_403_on_the_image_says_so_never_that_it_is_missing(server, counted_run, counted_s3):
+    headers = {"Authorization": f"Bearer {server.token('viewer')}"}
+    thumbnail = one_thumbnail(server, counted_run)
+    counted_s3.requester_pays = True  # the gallery's reads carry no x-amz-request-payer: AWS answers 403
+    try:
+        answer = requests.get(run_url(server) + thumbnail, headers=headers, timeout=60)
+    finally:
+        counted_s3.requester_pays = False
+
+    assert answer.status_code == 404
+    assert "S3 answered 403" in answer.json()["detail"] and "no longer in S3" not in answer.text
