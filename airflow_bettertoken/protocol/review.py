@@ -294,7 +294,12 @@ class ReviewRecord(_Part):
                 continue
             items[item.key] = item.model_copy(update={"round": round_number, "state": ItemState.PENDING})
         for key, item in self.items.items():
-            if item.round == round_number and item.state is ItemState.PENDING and key not in found:
+            if (
+                item.reedit_of
+                and item.round == round_number
+                and item.state is ItemState.PENDING
+                and key not in found
+            ):
                 gone = Decision(
                     action=Action.REJECT, by="the gate: the re-edit left no image", at=at, round=round_number
                 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -347,3 +348,9 @@ def test_the_gate_is_refused_at_parse_time_on_airflow_3_0_naming_3_1_and_checks_
     with pytest.raises(BetterTokenInputError, match="review_round=3 must be from 1 to max_rounds=2"):
         BetterTokenReviewOperator(**gate, review_round=3)
     assert BetterTokenReviewOperator(**gate).defaults == ["Apply the decisions"]
+    # A staging prefix that holds the re-edits' (the run's whole staging folder) is refused, naming the fix.
+    whole_run = BetterTokenReviewOperator(**{**gate, "staging_prefix": "s3://o/_bettertoken/staging/d/r/"})
+    with pytest.raises(BetterTokenInputError, match=r"where re-edits are staged: use .*staging_prefix"):
+        whole_run._prefixes(SimpleNamespace(dag_id="d", run_id="r"))
+    ours = {**gate, "staging_prefix": staging_prefix("o", "d", "r")}
+    assert BetterTokenReviewOperator(**ours)._prefixes(SimpleNamespace(dag_id="d", run_id="r"))
