@@ -1,8 +1,9 @@
 """A backfill whose edits a person reviews before they are published (Airflow 3.1 and later).
 
 With ``review`` on, the edits are written under the run's staging prefix,
-``s3://<out>/_bettertoken/staging/<dag>/<run>/``, and nothing reaches ``dest_prefix`` until a person
-approves it. The gate ``review`` is a human-in-the-loop task: it links to the run's review page in the
+``s3://<out>/_bettertoken/staging/<dag>/<run>/round-1/`` (``staging_prefix``), and nothing reaches
+``dest_prefix`` until a person approves it (the listing's preflight probes the staging prefix). The
+gate ``review`` is a human-in-the-loop task: it links to the run's review page in the
 gallery (``/bettertoken/dags/<dag>/runs/<run>/review``), where each image is approved, rejected or
 re-edited with a revised prompt, the whole page in one submit; answering the task (in Airflow's
 "Required actions", or through the REST API) publishes the approved images. Re-edits are new paid
@@ -30,6 +31,7 @@ from airflow_bettertoken.operators.list_images import BetterTokenListImagesOpera
 from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
 from airflow_bettertoken.operators.review import BetterTokenReviewOperator
 from airflow_bettertoken.protocol.wire import SIZES
+from airflow_bettertoken.storage.review import staging_prefix
 
 #: What an image nobody decided on gets when a round closes, and on a timeout: this DAG's choice.
 UNDECIDED = "reject"
@@ -42,6 +44,7 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["bettertoken", "example", "review"],
+    user_defined_macros={"staging_prefix": staging_prefix},
     params={
         "in_bucket": Param("bettertoken-in", type="string"),
         "out_bucket": Param("bettertoken-out", type="string"),
@@ -56,13 +59,12 @@ with DAG(
     },
 ) as dag:
     publish = "s3://{{ params.out_bucket }}/{{ params.dest_prefix }}"
-    staging = "s3://{{ params.out_bucket }}/_bettertoken/staging/{{ dag.dag_id }}/{{ run_id }}/"
+    staging = "{{ staging_prefix(params.out_bucket, dag.dag_id, run_id) }}"
     images = BetterTokenListImagesOperator(
         task_id="list_images",
         source_prefix="s3://{{ params.in_bucket }}/{{ params.source_prefix }}",
         dest_prefix=publish,
-        stage_prefix="{{ ('s3://' ~ params.out_bucket ~ '/_bettertoken/staging/' ~ dag.dag_id ~ '/' ~ run_id"
-        " ~ '/') if params.review else '' }}",
+        stage_prefix="{{ staging_prefix(params.out_bucket, dag.dag_id, run_id) if params.review else '' }}",
         max_edits="{{ params.max_edits_per_run }}",
     )
     edits = BetterTokenImageEditOperator.partial(

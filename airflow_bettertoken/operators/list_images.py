@@ -43,8 +43,9 @@ class BetterTokenListImagesOperator(BaseOperator):
     good in an earlier run of the chain are not planned again (unless ``replan_failed``); those that
     may succeed on another try are planned first. The XCom key ``counts`` holds ``images``, ``done``,
     ``pending``, ``planned``, ``remaining`` and ``failed_for_good``. First, a preflight checks the
-    BetterToken connection (``GET /models``, not paid) and that ``dest_prefix`` can be written, so
-    that a wrong key or bucket fails once, here.
+    BetterToken connection (``GET /models``, not paid) and that ``dest_prefix`` can be written (or,
+    with ``stage_prefix``, that ``stage_prefix`` can, while ``dest_prefix`` is only read), so that a
+    wrong key or bucket fails once, here.
 
     Keys that have no safe output path (an empty ``//``, ``.`` or ``..`` segment, a control character)
     are skipped, and the listing goes on; they and what the preflight found about the store (whether
@@ -119,7 +120,11 @@ class BetterTokenListImagesOperator(BaseOperator):
             limit = self._max_edits()
             store_check = None
             if self.preflight:
-                store_check = preflight(BetterTokenHook(self.bettertoken_conn_id), self.store, dest)
+                # With a review gate, the probe writes where the edits go, never under dest_prefix.
+                stage = parse_s3_prefix(self.stage_prefix, "stage_prefix") if self.stage_prefix else None
+                store_check = preflight(
+                    BetterTokenHook(self.bettertoken_conn_id), self.store, dest, stage=stage
+                )
                 for warning in store_check.warnings:
                     self.log.warning("Preflight: %s", warning)
             if self.only_pending:

@@ -20,6 +20,7 @@ from airflow_bettertoken.storage.findings import StoreCheck
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.objects import ImageStore
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
+from airflow_bettertoken.storage.s3_io import BucketAccess
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -27,10 +28,17 @@ if TYPE_CHECKING:
 __all__ = ["BetterTokenPreflightOperator", "preflight"]
 
 
-def preflight(hook: BetterTokenHook, store: ImageStore, dest: S3Location) -> StoreCheck:
-    """Check the BetterToken connection with ``GET /models`` (never paid) and that ``dest`` can be written
-    as the edits will write it (with the store's ``s3_extra_args``).
+def preflight(
+    hook: BetterTokenHook, store: ImageStore, dest: S3Location, *, stage: S3Location | None = None
+) -> StoreCheck:
+    """Check the BetterToken connection with ``GET /models`` (never paid) and that the edits' prefix can
+    be written as the edits will write it (with the store's ``s3_extra_args``).
 
+    :param dest: where the outputs go, and are published once approved when ``stage`` is given.
+    :param stage: where a review gate's edits are written until approved. Then the probe writes there,
+        and ``dest`` is not touched: nothing is written, probed or deleted under it before a person
+        approves. Its bucket is only looked up (a HEAD of the bucket); the gate's ``s3:PutObject`` on
+        ``dest`` cannot be tested without writing, so the first approval tests it.
     :returns: what the probe learned about the store: whether it keeps conditional writes, and
         whether the connection may list the bucket.
     :raises BetterTokenConfigError: naming the connection and what to fix.
@@ -41,7 +49,15 @@ def preflight(hook: BetterTokenHook, store: ImageStore, dest: S3Location) -> Sto
     if not ok:
         raise BetterTokenConfigError(f"Preflight: the BetterToken connection does not work. {message}")
     try:
-        return store.check_writable(dest)
+        if stage is None:
+            return store.check_writable(dest)
+        check = store.check_writable(stage)
+        if dest.bucket != stage.bucket and store.io.bucket(dest.bucket) is BucketAccess.MISSING:
+            raise BetterTokenInputError(
+                f"the destination bucket {dest.bucket!r} does not exist, or connection "
+                f"{store.io.conn_id!r} cannot see it; create the bucket or fix the dest prefix"
+            )
+        return check
     except (BetterTokenInputError, BetterTokenStorageError) as err:
         # The same error, said to come from the preflight; wrapping it would print the text twice.
         err.args = (f"Preflight: {err}", *err.args[1:])

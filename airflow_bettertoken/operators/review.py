@@ -9,7 +9,6 @@ with a message naming 3.1.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -29,7 +28,7 @@ from airflow_bettertoken.operators._links import GALLERY_PREFIX
 from airflow_bettertoken.operators.next_chunk import is_on
 from airflow_bettertoken.protocol.review import UNDECIDED_CHOICES, ItemState, ReviewRecord, RoundClose
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
-from airflow_bettertoken.storage.review import ReviewStore, review_location
+from airflow_bettertoken.storage.review import ReviewStore, review_location, staging_prefix
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 
 if TYPE_CHECKING:
@@ -42,7 +41,6 @@ APPROVE_REST = "Apply, and approve the undecided"
 REJECT_REST = "Apply, and reject the undecided"
 OPTIONS = [APPLY, APPROVE_REST, REJECT_REST]
 COUNTS_KEY = "review"
-_ROUND_SUFFIX = re.compile(r"\.r\d+\.png$")
 
 
 def review_page_url(dag_id: str, run_id: str) -> str:
@@ -59,17 +57,24 @@ class BetterTokenReviewOperator(HITLBase):
     """Wait for a person to review the run's staged images, then publish the approved ones.
 
     When it starts, it opens a review round: the images this run's edits wrote under
-    ``staging_prefix`` (those whose S3 metadata names this run) become pending in the run's review
+    ``staging_prefix`` (those whose S3 metadata names this run), or in a later round the re-edits the
+    previous round asked for, become pending in the run's review
     record (``_bettertoken/reviews/<dag>/<run>.json``). Reviewers decide on the gallery's review page,
     all images of a page in one submit. The task then waits as a human-in-the-loop task; answering it
     (in Airflow's "Required actions", or ``PATCH .../hitlDetails`` through the REST API) closes the
     round: every pending image takes its latest decision, or ``undecided`` when it has none (also what
     a timeout does). Approved images are copied under ``publish_prefix`` (``CopyObject``, create-only,
-    keeping their metadata, with the ``s3_extra_args``); rejected ones stay staged; re-edits are
+    keeping their metadata, with the ``s3_extra_args``), each under its name: its path under
+    ``staging_prefix``, and for a re-edit its original's; rejected ones stay staged; re-edits are
     returned for a mapped :class:`BetterTokenImageEditOperator` with ``if_exists="replace"``, each a
-    new paid edit with the revised prompt, which the next round's gate reviews.
+    new paid edit with the revised prompt, staged under its round's prefix
+    (:func:`~airflow_bettertoken.storage.review.staging_prefix`), which the next round's gate reviews.
 
-    :param staging_prefix: ``s3://bucket/prefix/`` where this run's edits were written. (templated)
+    Nothing is written under ``publish_prefix`` before a round closes.
+
+    :param staging_prefix: ``s3://bucket/prefix/`` where this run's edits were written (round 1):
+        ``staging_prefix(bucket, dag_id, run_id)`` from ``storage.review``, as the listing's
+        ``stage_prefix``. It must not hold the later rounds' prefixes. (templated)
     :param publish_prefix: ``s3://bucket/prefix/`` where approved images go, under their path relative
         to the staging prefix. (templated)
     :param review_round: this gate's round: 1 for the edits, 2 for their re-edits, and so on.
@@ -141,7 +146,7 @@ class BetterTokenReviewOperator(HITLBase):
     def s3_hook(self) -> S3Hook:
         return S3Hook(aws_conn_id=self.aws_conn_id)
 
-    def _prefixes(self) -> tuple[S3Location, S3Location]:
+    def _prefixes(self, ti: Any) -> tuple[S3Location, S3Location]:
         with fail_task_on_permanent_error():
             staging = parse_s3_prefix(self.staging_prefix, "staging_prefix")
             publish = parse_s3_prefix(self.publish_prefix, "publish_prefix")
@@ -150,7 +155,18 @@ class BetterTokenReviewOperator(HITLBase):
                 f"publish_prefix {self.publish_prefix!r} lies inside staging_prefix {self.staging_prefix!r}; "
                 "give them separate prefixes"
             )
+        for later in range(2, self.max_rounds + 1):
+            reedits = self._round_prefix(staging.bucket, ti, later)
+            if reedits.key.startswith(staging.key):
+                raise BetterTokenInputError(
+                    f"staging_prefix {self.staging_prefix!r} holds {reedits.uri}, where re-edits are staged: "
+                    "use storage.review.staging_prefix(bucket, dag_id, run_id), round 1's own prefix"
+                )
         return staging, publish
+
+    @staticmethod
+    def _round_prefix(bucket: str, ti: Any, review_round: int) -> S3Location:
+        return parse_s3_prefix(staging_prefix(bucket, ti.dag_id, ti.run_id, review_round), "staging prefix")
 
     def _store(self, ti: Any, staging: S3Location) -> ReviewStore:
         extra = S3ExtraArgs.parse(self.s3_extra_args).for_write()
@@ -163,17 +179,15 @@ class BetterTokenReviewOperator(HITLBase):
         if not is_on(self.enabled):
             self.log.info("Review is off for this run: nothing to wait for")
             return []
-        staging, publish = self._prefixes()
+        staging, publish = self._prefixes(ti)
         store = self._store(ti, staging)
         with fail_task_on_permanent_error():
-            known = store.read()
-            rounds = {key: item.round for key, item in (known.items if known else {}).items()}
             # Round 1 reviews what the edits staged; a later round, the re-edits its gate asked for.
-            staged = [
-                item
-                for item in store.staged(staging, ti.dag_id, ti.run_id)
-                if rounds.get(item.key, 1) == self.review_round
-            ]
+            if self.review_round == 1:
+                staged = store.staged(staging, ti.dag_id, ti.run_id)
+            else:
+                known = store.read()
+                staged = store.reedits_made(known, self.review_round) if known else []
             extra = S3ExtraArgs.parse(self.s3_extra_args).for_write()
 
             def open_round(current: ReviewRecord | None) -> ReviewRecord:
@@ -210,7 +224,7 @@ class BetterTokenReviewOperator(HITLBase):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         answer = super().execute_complete(context, event)
         ti = context["ti"]
-        staging, publish = self._prefixes()
+        staging, publish = self._prefixes(ti)
         store = self._store(ti, staging)
         chosen = (answer.get("chosen_options") or [APPLY])[0]
         user = answer.get("responded_by_user") or event.get("responded_by_user")
@@ -218,10 +232,18 @@ class BetterTokenReviewOperator(HITLBase):
         at = answer.get("responded_at") or event.get("responded_at")
         at = at.isoformat(timespec="seconds") if isinstance(at, datetime) else str(at or _now())
         undecided = {APPROVE_REST: "approve", REJECT_REST: "reject"}.get(chosen, self.undecided)
-        close = RoundClose(self.review_round, by, at, chosen, timed_out=by is None, undecided=undecided)
+        close = RoundClose(
+            round=self.review_round,
+            by=by,
+            at=at,
+            chosen=chosen,
+            timed_out=by is None,
+            undecided=undecided,
+        )
+        reedit_prefix = self._round_prefix(staging.bucket, ti, self.review_round + 1).key
         with fail_task_on_permanent_error():
             record = store.update(
-                lambda current: current.close(self.review_round, close) if current else None
+                lambda current: current.close(self.review_round, close, reedit_prefix) if current else None
             )
         if record is None:
             raise BetterTokenInputError(
@@ -234,16 +256,11 @@ class BetterTokenReviewOperator(HITLBase):
         self, context: Context, store: ReviewStore, record: ReviewRecord, publish: S3Location, by: str | None
     ) -> list[dict[str, Any]]:
         """Publish what was approved, and return the next round's re-edits for the mapped edit."""
-        staging = parse_s3_prefix(record.staging_prefix, "staging_prefix")
         published: dict[str, str] = {}
         with fail_task_on_permanent_error():
             for item in record.approved():
-                if not item.key.startswith(staging.key):
-                    self.log.warning("Not publishing %s: it is not under %s", item.key, staging.uri)
-                    continue
-                target = S3Location(
-                    publish.bucket, publish.key + _ROUND_SUFFIX.sub(".png", item.key[len(staging.key) :])
-                )
+                # Its name, recorded when it was staged (a re-edit's is its original's): never guessed.
+                target = S3Location(publish.bucket, publish.key + item.name)
                 source = S3Location(record.bucket, item.key)
                 if store.publish(source, target) or self._same_image(store, source, target):
                     published[item.key] = target.uri
@@ -270,7 +287,7 @@ class BetterTokenReviewOperator(HITLBase):
                     "dest": f"s3://{record.bucket}/{item.key}",
                     "prompt": item.prompt,
                     "size": item.size or "auto",
-                    "image_label": item.key[len(staging.key) :],
+                    "image_label": f"{item.name}, round {item.round}",
                 }
             )
         if reedits:

@@ -37,10 +37,14 @@ from airflow_bettertoken.plugins._images import (
     unavailable,
 )
 from airflow_bettertoken.plugins._review import (
+    CSRF_FIELD,
     FormError,
+    FormRow,
+    FormTooLarge,
     check_origin,
     csrf_token,
     parse_form,
+    read_form,
     valid_csrf_token,
 )
 from airflow_bettertoken.plugins._rows import PAGE_SIZE, WHICH, EditRow, RowSources, edit_rows, find_row
@@ -269,6 +273,28 @@ def create_gallery_app() -> FastAPI:
         sources, _ = row_sources()
         return edit_rows(session, sources, dag_id, run_id, page=page)[1]
 
+    def review_html(session: Any, user_name: str, dag_id: str, run_id: str, page: int, notice: str) -> str:
+        rows = run_rows(session, dag_id, run_id, page)
+        records = read_records(review_stores(rows, dag_id, run_id))
+        last_round = max((r.max_rounds for r in records.values() if r), default=2)
+
+        def image_url(row: EditRow, which: str, size: str) -> str:
+            query = {"task_id": row.task_id, "map_index": row.map_index, "which": which, "size": size}
+            return f"image?{urlencode(query)}"  # relative to .../runs/<run>/review
+
+        return render_review_page(
+            dag_id=dag_id,
+            run_id=run_id,
+            rows=rows,
+            review_of=lambda row: item_of(records, row),
+            csrf_token=csrf_token(user_name, dag_id, run_id),
+            sizes=SIZES,
+            last_round=last_round,
+            notice=notice,
+            image_url=image_url,
+            css_url="../../../../static/gallery.css",
+        )
+
     @app.get("/dags/{dag_id}/runs/{run_id}/review", dependencies=READ_EDITS, response_class=HTMLResponse)
     def review_page(
         session: SessionDep,
@@ -279,27 +305,8 @@ def create_gallery_app() -> FastAPI:
         saved: int | None = Query(None, ge=0, le=10_000),
     ) -> HTMLResponse:
         _check_run(session, dag_id, run_id)
-        rows = run_rows(session, dag_id, run_id, page)
-        records = read_records(review_stores(rows, dag_id, run_id))
-        last_round = max((r.max_rounds for r in records.values() if r), default=2)
-
-        def image_url(row: EditRow, which: str, size: str) -> str:
-            query = {"task_id": row.task_id, "map_index": row.map_index, "which": which, "size": size}
-            return f"image?{urlencode(query)}"  # relative to .../runs/<run>/review
-
-        html = render_review_page(
-            dag_id=dag_id,
-            run_id=run_id,
-            rows=rows,
-            review_of=lambda row: item_of(records, row),
-            csrf_token=csrf_token(user.get_name(), dag_id, run_id),
-            sizes=SIZES,
-            last_round=last_round,
-            notice=f"Saved {saved} decisions." if saved is not None else "",
-            image_url=image_url,
-            css_url="../../../../static/gallery.css",
-        )
-        return HTMLResponse(html)
+        notice = f"Saved {saved} decisions." if saved is not None else ""
+        return HTMLResponse(review_html(session, user.get_name(), dag_id, run_id, page, notice))
 
     @app.post("/dags/{dag_id}/runs/{run_id}/review", dependencies=REVIEW_EDITS)
     async def submit_review(
@@ -308,74 +315,103 @@ def create_gallery_app() -> FastAPI:
         dag_id: str = _id_path(),
         run_id: str = RUN_ID,
     ) -> Response:
+        # Everything that can refuse a forged or oversized submit comes before its body is read.
         if not check_origin(request.headers.get("origin"), request.url.scheme, request.headers.get("host")):
             raise HTTPException(403, "cross-site request refused: its Origin is not this server")
-        try:
-            token, form_rows = parse_form(await request.body())
-        except FormError as err:
-            raise HTTPException(400, str(err)) from err
-        if not valid_csrf_token(token, user.get_name(), dag_id, run_id):
+        if not valid_csrf_token(request.query_params.get(CSRF_FIELD), user.get_name(), dag_id, run_id):
             raise HTTPException(
                 403, "the form's CSRF token is missing, expired or not this user's: reload the page"
             )
+        try:
+            body = await read_form(request.headers.get("content-length"), request.stream())
+            form_rows = parse_form(body)
+        except FormTooLarge as err:
+            raise HTTPException(413, str(err)) from err
+        except FormError as err:
+            raise HTTPException(400, str(err)) from err
         # The database and S3 work runs in a thread, as FastAPI runs a plain route.
         from starlette.concurrency import run_in_threadpool
 
-        saved = await run_in_threadpool(save_decisions, user.get_name(), dag_id, run_id, form_rows)
-        return RedirectResponse(f"review?saved={saved}", status_code=303)
+        saved, refused = await run_in_threadpool(save_decisions, user.get_name(), dag_id, run_id, form_rows)
+        if not refused:
+            return RedirectResponse(f"review?saved={len(saved)}", status_code=303)
+        # Some were refused: the page says which were saved and which were not, and why.
+        notice = f"Saved {len(saved)} decisions" + (f" ({', '.join(saved)})" if saved else "") + ". "
+        reasons = "; ".join(f"{label}: {why}" for label, why in refused.items())
+        notice += f"Not saved, {len(refused)}: {reasons}."
+        html = await run_in_threadpool(refused_page, user.get_name(), dag_id, run_id, notice)
+        return HTMLResponse(html, status_code=200 if saved else 409)
 
-    def save_decisions(user_name: str, dag_id: str, run_id: str, form_rows: list) -> int:
+    def refused_page(user_name: str, dag_id: str, run_id: str, notice: str) -> str:
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            return review_html(session, user_name, dag_id, run_id, 1, notice)
+
+    def save_decisions(
+        user_name: str, dag_id: str, run_id: str, form_rows: list[FormRow]
+    ) -> tuple[list[str], dict[str, str]]:
+        """Save each decision that can be; returns the rows saved, and those refused with why (by label)."""
         from airflow.utils.session import create_session
 
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         by_store: dict[tuple, dict[str, Decision]] = {}
+        labels: dict[tuple, str] = {}
+        refused: dict[str, str] = {}
+        rows = []
         with create_session() as session:
             _check_run(session, dag_id, run_id)
             sources, _ = row_sources()
-            rows = []
             for form_row in form_rows:
+                label = f"{form_row.task_id}[{form_row.map_index}]"
                 row = find_row(session, sources, dag_id, run_id, form_row.task_id, form_row.map_index)
                 shown = row.image("output") if row else None
                 if row is None or shown is None:
-                    raise HTTPException(
-                        400, f"{form_row.task_id}[{form_row.map_index}] has no output the gallery can verify"
-                    )
+                    refused[label] = "it has no output the gallery can verify"
+                    continue
+                label = row.label or label
                 try:
                     decision = Decision.checked(
                         form_row.action, user_name, now, prompt=form_row.prompt, size=form_row.size
                     )
                 except BetterTokenError as err:
-                    raise HTTPException(400, f"{row.label or row.task_id}: {err}") from err
+                    refused[label] = str(err)
+                    continue
                 rows.append(row)
-                by_store.setdefault((shown[0].conn_id, shown[1].bucket), {})[shown[1].key] = decision
+                store_key = (shown[0].conn_id, shown[1].bucket)
+                by_store.setdefault(store_key, {})[shown[1].key] = decision
+                labels[(store_key, shown[1].key)] = label
         stores = review_stores(rows, dag_id, run_id)
-        saved = 0
-        for key, decisions in by_store.items():
-            store = stores[key]
+        saved: list[str] = []
+        for store_key, decisions in by_store.items():
+            store = stores[store_key]
+            why: dict[str, str] = {}
             try:
                 current = store.read()
                 if current is None:
-                    raise HTTPException(409, "this run has no review open: its gate has not started")
-                store.use_extra_args(current.write_args)
-                refused: dict[str, str] = {}
+                    why = dict.fromkeys(decisions, "its review is not open: the gate has not started")
+                else:
+                    store.use_extra_args(current.write_args)
 
-                def change(
-                    record: ReviewRecord | None, decisions=decisions, refused=refused
-                ) -> ReviewRecord | None:
-                    if record is None:
-                        return None
-                    new, why = record.decide(decisions)
-                    refused.clear()
-                    refused.update(why)
-                    return new
+                    def change(
+                        record: ReviewRecord | None, decisions=decisions, why=why
+                    ) -> ReviewRecord | None:
+                        if record is None:
+                            return None
+                        new, not_saved = record.decide(decisions)
+                        why.clear()
+                        why.update(not_saved)
+                        return new
 
-                store.update(change)
+                    store.update(change)
             except BetterTokenError as err:
                 raise HTTPException(502, f"the decisions could not be saved: {err}") from err
-            if refused:
-                first = next(iter(refused.items()))
-                raise HTTPException(409, f"{len(refused)} decisions were not saved: {first[0]}: {first[1]}")
-            saved += len(decisions)
-        return saved
+            for key in decisions:
+                label = labels[(store_key, key)]
+                if key in why:
+                    refused[label] = why[key]
+                else:
+                    saved.append(label)
+        return saved, refused
 
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from html import escape
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 if TYPE_CHECKING:
     from airflow_bettertoken.plugins._rows import EditRow
@@ -254,7 +255,8 @@ def render_review_page(
         f'<link rel="stylesheet" href="{escape(css_url)}"></head><body>'
         f'<h1>Review the edited images</h1><p class="meta">{escape(dag_id)} &middot; {escape(run_id)} '
         f"&middot; {pending} waiting for review</p>{banner}"
-        '<form method="post">'
-        f'<input type="hidden" name="csrf_token" value="{escape(csrf_token)}">{body}{submit}</form>'
+        # The token is in the URL, so that the route checks it before it reads the body.
+        f'<form method="post" action="review?{escape(urlencode({"csrf_token": csrf_token}))}">'
+        f"{body}{submit}</form>"
         "</body></html>"
     )

@@ -3,16 +3,20 @@
 **Cross-site requests.** The page has no script, so a submit is a plain HTML form POST that the browser
 sends with Airflow's session cookie. Two checks refuse one forged by another site:
 
-1. a **CSRF token** in a hidden field: an HMAC, keyed by a secret derived from ``[api_auth]
-   jwt_secret`` (which every API server worker shares, as it must to accept each other's tokens), of
-   the user, the DAG, the run and an expiry. Another site cannot read the page, so it cannot know it.
-   It is the check that holds wherever the request comes from, including behind a proxy that drops
-   the ``Origin`` header, and for clients that send none;
+1. a **CSRF token** in the form's action URL (``review?csrf_token=...``): an HMAC, keyed by a secret
+   derived from ``[api_auth] jwt_secret`` (which every API server worker shares, as it must to
+   accept each other's tokens), of the user, the DAG, the run and an expiry. Another site cannot
+   read the page, so it cannot know it. It is the check that holds wherever the request comes from,
+   including behind a proxy that drops the ``Origin`` header, and for clients that send none;
 2. an **Origin check**: a browser names the page that sent a POST in ``Origin``; when it is there it
    must be this server's own origin (``[api] base_url``, or the request's own scheme and host).
 
 Airflow's cookie is ``SameSite=Lax`` too, which keeps it off cross-site POSTs in today's browsers;
 the two checks do not rely on that.
+
+The token travels in the URL, not in the body, so that a forged or oversized submit is refused before
+its body is read or parsed: first the Origin and the token, then the declared length, then the body,
+read only up to :data:`MAX_BODY_BYTES`.
 """
 
 from __future__ import annotations
@@ -21,13 +25,23 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from airflow.providers.common.compat.sdk import conf
 
-__all__ = ["FormRow", "check_origin", "csrf_token", "parse_form", "valid_csrf_token"]
+__all__ = [
+    "CSRF_FIELD",
+    "FormError",
+    "FormRow",
+    "FormTooLarge",
+    "check_origin",
+    "csrf_token",
+    "parse_form",
+    "read_form",
+    "valid_csrf_token",
+]
 
 CSRF_FIELD = "csrf_token"
 #: How long a page's token is good for: a long review session, not a stolen token kept for days.
@@ -96,15 +110,34 @@ class FormError(ValueError):
     """The submitted form is not one this page makes: the message names the field."""
 
 
-def parse_form(body: bytes) -> tuple[str | None, list[FormRow]]:
-    """The token and the rows with a decision, from an ``application/x-www-form-urlencoded`` body.
+class FormTooLarge(FormError):
+    """The submitted body is over :data:`MAX_BODY_BYTES`, or does not say how long it is."""
+
+
+async def read_form(content_length: str | None, chunks: AsyncIterator[bytes]) -> bytes:
+    """The body of a submit, refused by its declared length before a byte is read, and never read past
+    :data:`MAX_BODY_BYTES` whatever it declared.
+
+    :raises FormTooLarge: naming the limit.
+    """
+    if content_length is None or not content_length.isdigit():
+        raise FormTooLarge("the submit must say its length (Content-Length): send the page's form")
+    if int(content_length) > MAX_BODY_BYTES:
+        raise FormTooLarge(f"the form is over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise FormTooLarge(f"the form is over {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
+def parse_form(body: bytes) -> list[FormRow]:
+    """The rows with a decision, from an ``application/x-www-form-urlencoded`` body.
 
     A row's fields are ``decision.<task_id>.<map_index>``, ``prompt.<...>`` and ``size.<...>``.
     """
-    if len(body) > MAX_BODY_BYTES:
-        raise FormError(f"the form is over {MAX_BODY_BYTES} bytes")
     fields: Mapping[str, list[str]] = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    token = (fields.get(CSRF_FIELD) or [None])[0]
     rows = []
     for name, values in fields.items():
         kind, _, ref = name.partition(".")
@@ -119,4 +152,4 @@ def parse_form(body: bytes) -> tuple[str | None, list[FormRow]]:
         rows.append(FormRow(task_id, map_index, values[0], first["prompt"], first["size"]))
     if len(rows) > MAX_ROWS:
         raise FormError(f"the form decides {len(rows)} images; at most {MAX_ROWS} at once")
-    return token, rows
+    return rows

@@ -1,4 +1,4 @@
-"""The review gate's record and its decisions: pure functions of one JSON document, tested by table.
+"""The review gate's record and its decisions: pure functions of one typed document, tested by table.
 
 One record per DAG run (``storage/review.py`` keeps it in S3 with conditional writes). It holds each
 staged image (by its key), the decisions reviewers made on it, and how each round of the gate ended:
@@ -10,6 +10,11 @@ staged image (by its key), the decisions reviewers made on it, and how each roun
   pending image takes its latest decision, or the DAG author's default when it has none. Approved
   images are then published, re-edits become new images of the next round, rejected ones stay staged.
 
+Each image carries its ``round`` and its ``name``: its path under the publish prefix, which a re-edit
+takes from its original. Neither is ever read back from a file name, so a source named ``x.r2.png``
+is published as ``x.r2.png``, and a re-edit is staged under its own round's prefix, where no other
+image's key can be.
+
 Every function here returns a new record and may run again on a fresher one (a lost conditional
 write), so two reviewers who submit at once both keep their decisions.
 """
@@ -18,24 +23,31 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
-from airflow_bettertoken.exceptions import BetterTokenInputError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from airflow_bettertoken.exceptions import BetterTokenError, BetterTokenInputError
 from airflow_bettertoken.protocol.wire import SIZES, check_prompt
 
 __all__ = [
+    "FORMAT",
     "UNDECIDED_CHOICES",
     "Action",
     "Decision",
     "ItemState",
     "ReviewItem",
     "ReviewRecord",
+    "ReviewRecordError",
     "RoundClose",
-    "reedit_key",
 ]
 
-FORMAT = 1
+#: The record's format. 1 (the first release candidates) had no ``name``: it is derived on load.
+FORMAT = 2
+
+
+class ReviewRecordError(BetterTokenError):
+    """A stored review record that cannot be read: the message names the object and what is wrong."""
 
 
 class Action(str, enum.Enum):
@@ -60,33 +72,26 @@ class ItemState(str, enum.Enum):
 UNDECIDED_CHOICES = ("reject", "approve")
 
 
-@dataclass(frozen=True)
-class Decision:
-    """One reviewer's decision on one image, as the record keeps it."""
+class _Part(BaseModel):
+    """A part of the record: immutable, and refusing fields it does not know (a typo, a newer format)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Decision(_Part):
+    """One reviewer's decision on one image, as the record keeps it.
+
+    :param round: the round of the image it was made on.
+    :param prompt: a re-edit's revised prompt.
+    :param size: a re-edit's size; None keeps the image's own.
+    """
 
     action: Action
     by: str
     at: str
     prompt: str | None = None
     size: str | None = None
-    round: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        data = {"action": self.action.value, "by": self.by, "at": self.at, "round": self.round}
-        if self.action is Action.REEDIT:
-            data.update(prompt=self.prompt, size=self.size)
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Decision:
-        return cls(
-            Action(data["action"]),
-            str(data["by"]),
-            str(data["at"]),
-            data.get("prompt"),
-            data.get("size"),
-            int(data.get("round", 1)),
-        )
+    round: int = Field(default=1, ge=1)
 
     @classmethod
     def checked(
@@ -102,26 +107,38 @@ class Decision:
             allowed = ", ".join(a.value for a in Action)
             raise BetterTokenInputError(f"decision {action!r} is not one of {allowed}") from err
         if chosen is not Action.REEDIT:
-            return cls(chosen, by, at)
+            return cls(action=chosen, by=by, at=at)
         if not (prompt or "").strip():
             raise BetterTokenInputError("a re-edit needs a revised prompt: write it in the row's prompt box")
         check_prompt(prompt)
         if size not in (None, "", *SIZES):
             raise BetterTokenInputError(f"re-edit size {size!r} is not one of {', '.join(SIZES)}")
-        return cls(chosen, by, at, prompt.strip(), size or None)
+        return cls(action=chosen, by=by, at=at, prompt=prompt.strip(), size=size or None)
 
 
-@dataclass(frozen=True)
-class ReviewItem:
+def _name_problem(name: str) -> str | None:
+    segments = name.split("/")
+    if not name or name.endswith("/") or any(s in ("", ".", "..") for s in segments):
+        return "it must be a relative path with no empty, '.' or '..' segment"
+    return None
+
+
+class ReviewItem(_Part):
     """One staged image: its round, its state, the sources and prompt it was made from, its history.
 
+    :param key: where it is staged, in the record's bucket (the record keeps it as the item's name in
+        ``items``, not inside the item).
+    :param name: its path under the publish prefix, where it goes once approved: its source's path
+        under the listed prefix, and for a re-edit its original's name.
+    :param round: the round it is reviewed in: 1 for the edits, 2 for their re-edits, and so on.
     :param reedit_of: the key of the image this one re-edits (round 2 and later).
     :param published_uri: where it was published.
     :param next_key: for a re-edited image, the key of its re-edit.
     """
 
-    key: str
-    round: int
+    key: str = Field(exclude=True)
+    name: str
+    round: int = Field(ge=0)
     state: ItemState
     sources: tuple[str, ...] = ()
     prompt: str | None = None
@@ -132,137 +149,130 @@ class ReviewItem:
     next_key: str | None = None
     history: tuple[Decision, ...] = ()
 
+    @field_validator("name")
+    @classmethod
+    def _relative_name(cls, name: str) -> str:
+        problem = _name_problem(name)
+        if problem:
+            raise ValueError(f"name {name!r} cannot be published: {problem}")
+        return name
+
     @property
     def latest(self) -> Decision | None:
         """The latest decision of its own round, the one that counts when the round closes."""
         own = [decision for decision in self.history if decision.round == self.round]
         return own[-1] if own else None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "state": self.state.value,
-            "sources": list(self.sources),
-            "prompt": self.prompt,
-            "size": self.size,
-            "task": self.task,
-            "reedit_of": self.reedit_of,
-            "published_uri": self.published_uri,
-            "next_key": self.next_key,
-            "history": [decision.to_json() for decision in self.history],
-        }
 
-    @classmethod
-    def from_json(cls, key: str, data: Mapping[str, Any]) -> ReviewItem:
-        return cls(
-            key=key,
-            round=int(data["round"]),
-            state=ItemState(data["state"]),
-            sources=tuple(data.get("sources") or ()),
-            prompt=data.get("prompt"),
-            size=data.get("size"),
-            task=data.get("task") or "",
-            reedit_of=data.get("reedit_of"),
-            published_uri=data.get("published_uri"),
-            next_key=data.get("next_key"),
-            history=tuple(Decision.from_json(d) for d in data.get("history") or ()),
-        )
+class RoundClose(_Part):
+    """How one round of the gate ended: who answered the gate (None when it timed out), and when.
 
+    :param chosen: the option the gate was answered with.
+    :param undecided: what an image nobody decided on got: ``reject`` or ``approve``.
+    :param counts: how many images were approved, rejected, re-edited, and left undecided.
+    """
 
-@dataclass(frozen=True)
-class RoundClose:
-    """How one round of the gate ended: who answered the gate (None when it timed out), and when."""
-
-    round: int
+    round: int = Field(ge=1)
     by: str | None
     at: str
     chosen: str
     timed_out: bool
-    undecided: str
-    counts: Mapping[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "by": self.by,
-            "at": self.at,
-            "chosen": self.chosen,
-            "timed_out": self.timed_out,
-            "undecided": self.undecided,
-            "counts": dict(self.counts),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RoundClose:
-        return cls(
-            int(data["round"]),
-            data.get("by"),
-            str(data["at"]),
-            str(data.get("chosen", "")),
-            bool(data.get("timed_out")),
-            str(data.get("undecided", "reject")),
-            dict(data.get("counts") or {}),
-        )
+    undecided: Literal["reject", "approve"]
+    counts: dict[str, int] = Field(default_factory=dict)
 
 
-def reedit_key(key: str, round_number: int) -> str:
-    """Where the re-edit of ``key`` for round ``round_number`` is staged: ``x.png`` -> ``x.r2.png``."""
-    stem = key[: -len(".png")] if key.endswith(".png") else key
-    if round_number > 2 and stem.endswith(f".r{round_number - 1}"):
-        stem = stem.rsplit(".", 1)[0]
-    return f"{stem}.r{round_number}.png"
+def _without_prefix(key: str, prefix: str, what: str) -> str:
+    if not key.startswith(prefix):
+        raise ValueError(f"{what} {key!r} is not under the staging prefix {prefix!r}")
+    return key[len(prefix) :]
 
 
-@dataclass(frozen=True)
-class ReviewRecord:
+def _from_format_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 record, as format 2 reads it.
+
+    Format 1 kept each image's round already (``round``, and ``reedit_of`` for a re-edit), so rounds
+    mean what they meant; what it lacked is the name to publish under, which it guessed back from the
+    key (``x.r2.png`` -> ``x.png``). Here an edit's name is its key under the staging prefix, and a
+    re-edit's is its original's, followed through ``reedit_of``: never read from the file name.
+    """
+    staging = str(data.get("staging_prefix", "")).removeprefix("s3://").partition("/")[2]
+    items: dict[str, Any] = dict(data.get("items") or {})
+
+    def name_of(key: str, seen: tuple[str, ...] = ()) -> str:
+        original = (items.get(key) or {}).get("reedit_of")
+        if original is None:
+            return _without_prefix(key, staging, "image")
+        if original in seen or original not in items:
+            raise ValueError(f"re-edit {key!r} names an original that is not in the record: {original!r}")
+        return name_of(original, (*seen, key))
+
+    migrated = {key: {"name": name_of(key), **item} for key, item in items.items()}
+    return {**data, "format": FORMAT, "items": migrated}
+
+
+class ReviewRecord(_Part):
     """A run's review: its staged images by key, and how its rounds closed.
 
+    :param format: the record's format; format 1 records are read too (see :func:`_from_format_1`).
     :param bucket: the bucket the images are staged and published in.
+    :param staging_prefix: ``s3://`` prefix where round 1's edits were staged.
     :param max_rounds: the gate's rounds; an image of the last round cannot be re-edited.
     :param write_args: the ``s3_extra_args`` the gate writes with, so that the gallery's writes of
         this record meet the same bucket policy.
+    :param open_round: the round waiting for its answer, if any.
     """
 
+    format: Literal[2] = FORMAT
     dag_id: str
     run_id: str
     bucket: str
     staging_prefix: str
     publish_prefix: str
-    max_rounds: int = 2
-    write_args: Mapping[str, Any] = field(default_factory=dict)
-    items: Mapping[str, ReviewItem] = field(default_factory=dict)
+    max_rounds: int = Field(default=2, ge=1)
+    write_args: dict[str, Any] = Field(default_factory=dict)
+    items: dict[str, ReviewItem] = Field(default_factory=dict)
     rounds: tuple[RoundClose, ...] = ()
     open_round: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "dag_id": self.dag_id,
-            "run_id": self.run_id,
-            "bucket": self.bucket,
-            "staging_prefix": self.staging_prefix,
-            "publish_prefix": self.publish_prefix,
-            "max_rounds": self.max_rounds,
-            "write_args": dict(self.write_args),
-            "open_round": self.open_round,
-            "items": {key: item.to_json() for key, item in sorted(self.items.items())},
-            "rounds": [close.to_json() for close in self.rounds],
-        }
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_into_items(cls, data: Any) -> Any:
+        """Each item's key is its name in ``items``; a format 1 record is read as format 2."""
+        if not isinstance(data, dict) or not isinstance(data.get("items"), dict):
+            return data
+        if data.get("format") == 1:
+            data = _from_format_1(data)
+        items = data["items"].items()
+        return {**data, "items": {k: {**v, "key": k} if isinstance(v, dict) else v for k, v in items}}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ReviewRecord:
-        return cls(
-            dag_id=data["dag_id"],
-            run_id=data["run_id"],
-            bucket=data["bucket"],
-            staging_prefix=data["staging_prefix"],
-            publish_prefix=data["publish_prefix"],
-            max_rounds=int(data.get("max_rounds", 2)),
-            write_args=dict(data.get("write_args") or {}),
-            items={key: ReviewItem.from_json(key, item) for key, item in (data.get("items") or {}).items()},
-            rounds=tuple(RoundClose.from_json(r) for r in data.get("rounds") or ()),
-            open_round=data.get("open_round"),
-        )
+    def load(cls, data: Any, where: str) -> ReviewRecord:
+        """The record from its JSON document, checked.
+
+        :param where: the object it was read from, for the error.
+        :raises ReviewRecordError: naming ``where`` and each field that is wrong.
+        """
+        found = data.get("format") if isinstance(data, dict) else None
+        if isinstance(found, int) and found > FORMAT:
+            raise ReviewRecordError(
+                f"the review record {where} has format {found}, written by a newer airflow-bettertoken "
+                f"(this one reads up to {FORMAT}): upgrade the provider where this DAG runs"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'the document'}: {e['msg']}" for e in err.errors()
+            )
+            raise ReviewRecordError(
+                f"the review record {where} is not one airflow-bettertoken can read: {problems}"
+            ) from err
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON document, items in key order."""
+        data = self.model_dump(mode="json")
+        data["items"] = dict(sorted(data["items"].items()))
+        return data
 
     # -- the three moves -------------------------------------------------------------------------
 
@@ -278,14 +288,25 @@ class ReviewRecord:
             found.add(item.key)
             known = items.get(item.key)
             if known is not None and known.round == round_number:
-                items[item.key] = replace(known, sources=item.sources or known.sources, task=item.task)
+                items[item.key] = known.model_copy(
+                    update={"sources": item.sources or known.sources, "task": item.task}
+                )
                 continue
-            items[item.key] = replace(item, round=round_number, state=ItemState.PENDING)
+            items[item.key] = item.model_copy(update={"round": round_number, "state": ItemState.PENDING})
         for key, item in self.items.items():
-            if item.round == round_number and item.state is ItemState.PENDING and key not in found:
-                gone = Decision(Action.REJECT, "the gate: the re-edit left no image", at, round=round_number)
-                items[key] = replace(item, state=ItemState.REJECTED, history=(*item.history, gone))
-        return replace(self, items=items, open_round=round_number)
+            if (
+                item.reedit_of
+                and item.round == round_number
+                and item.state is ItemState.PENDING
+                and key not in found
+            ):
+                gone = Decision(
+                    action=Action.REJECT, by="the gate: the re-edit left no image", at=at, round=round_number
+                )
+                items[key] = item.model_copy(
+                    update={"state": ItemState.REJECTED, "history": (*item.history, gone)}
+                )
+        return self.model_copy(update={"items": items, "open_round": round_number})
 
     def decide(self, decisions: Mapping[str, Decision]) -> tuple[ReviewRecord, dict[str, str]]:
         """Add decisions on pending images, by key; the others are refused, each with a reason.
@@ -301,14 +322,19 @@ class ReviewRecord:
             if decision.action is Action.REEDIT and item.round >= self.max_rounds:
                 refused[key] = f"round {item.round} is the last ({self.max_rounds}): approve or reject it"
                 continue
-            items[key] = replace(item, history=(*item.history, replace(decision, round=item.round)))
-        return replace(self, items=items), refused
+            mine = decision.model_copy(update={"round": item.round})
+            items[key] = item.model_copy(update={"history": (*item.history, mine)})
+        return self.model_copy(update={"items": items}), refused
 
-    def close(self, round_number: int, close: RoundClose) -> ReviewRecord:
+    def close(self, round_number: int, close: RoundClose, reedit_prefix: str) -> ReviewRecord:
         """Close a round: each pending image of it takes its latest decision, or ``close.undecided``.
 
-        Re-edited images get their next round's image, pending once that round opens. Closing a round
-        that is closed already changes nothing (a retried gate task).
+        A re-edited image gets its next round's image, staged at ``reedit_prefix`` + its name and
+        pending once that round opens. Closing a round that is closed already changes nothing (a
+        retried gate task).
+
+        :param reedit_prefix: the key prefix of the next round's staged images, which no image of
+            another round is under (``storage.review.staging_prefix``).
         """
         if any(done.round == round_number for done in self.rounds):
             return self
@@ -321,19 +347,20 @@ class ReviewRecord:
             if latest is None:
                 counts["undecided"] += 1
                 by = close.by or "the timeout's default"
-                latest = Decision(Action(close.undecided), by, close.at, round=round_number)
-                item = replace(item, history=(*item.history, latest))
+                latest = Decision(action=Action(close.undecided), by=by, at=close.at, round=round_number)
+                item = item.model_copy(update={"history": (*item.history, latest)})
             if latest.action is Action.APPROVE:
-                items[key] = replace(item, state=ItemState.APPROVED)
+                items[key] = item.model_copy(update={"state": ItemState.APPROVED})
                 counts["approved"] += 1
             elif latest.action is Action.REJECT:
-                items[key] = replace(item, state=ItemState.REJECTED)
+                items[key] = item.model_copy(update={"state": ItemState.REJECTED})
                 counts["rejected"] += 1
             else:
-                next_key = reedit_key(key, round_number + 1)
-                items[key] = replace(item, state=ItemState.REEDITED, next_key=next_key)
+                next_key = reedit_prefix + item.name
+                items[key] = item.model_copy(update={"state": ItemState.REEDITED, "next_key": next_key})
                 items[next_key] = ReviewItem(
                     key=next_key,
+                    name=item.name,
                     round=round_number + 1,
                     state=ItemState.PENDING,
                     sources=item.sources,
@@ -342,22 +369,28 @@ class ReviewRecord:
                     reedit_of=key,
                 )
                 counts["reedited"] += 1
-        closed = replace(close, round=round_number, counts=counts)
-        return replace(self, items=items, rounds=(*self.rounds, closed), open_round=None)
+        closed = close.model_copy(update={"round": round_number, "counts": counts})
+        return self.model_copy(update={"items": items, "rounds": (*self.rounds, closed), "open_round": None})
 
     def published(self, uris: Mapping[str, str]) -> ReviewRecord:
         """Mark approved images as published, by key, with where they went."""
         items = dict(self.items)
         for key, uri in uris.items():
             if key in items:
-                items[key] = replace(items[key], state=ItemState.PUBLISHED, published_uri=uri)
-        return replace(self, items=items)
+                items[key] = items[key].model_copy(
+                    update={"state": ItemState.PUBLISHED, "published_uri": uri}
+                )
+        return self.model_copy(update={"items": items})
 
     # -- reading it ------------------------------------------------------------------------------
 
+    def of_round(self, round_number: int) -> list[ReviewItem]:
+        """The images reviewed in round ``round_number``."""
+        return [i for i in self.items.values() if i.round == round_number]
+
     def reedits(self, round_number: int) -> list[ReviewItem]:
         """The images of round ``round_number`` that are re-edits, to be made (pending, not staged yet)."""
-        return [i for i in self.items.values() if i.round == round_number and i.reedit_of is not None]
+        return [i for i in self.of_round(round_number) if i.reedit_of is not None]
 
     def approved(self) -> list[ReviewItem]:
         return [i for i in self.items.values() if i.state is ItemState.APPROVED]

@@ -2,8 +2,12 @@
 
 Beside the outputs, in the destination bucket::
 
-    _bettertoken/reviews/<dag id>/<run id>.json     the run's review (protocol/review.py), one per run
-    _bettertoken/staging/<dag id>/<run id>/...      the run's edits until a person approves them
+    _bettertoken/reviews/<dag id>/<run id>.json             the run's review (protocol/review.py)
+    _bettertoken/staging/<dag id>/<run id>/round-1/...      the run's edits until a person approves them
+    _bettertoken/staging/<dag id>/<run id>/round-2/...      the re-edits asked for in round 1, and so on
+
+Each round has its own prefix (:func:`staging_prefix`, which the DAG, the gate and the record all
+use), so a re-edit's key never meets another image's, whatever the images are called.
 
 The record changes only by conditional writes (:class:`ConditionalRecord`), so two reviewers who submit
 at once both keep their decisions. A staged image counts only when its S3 metadata names this run as
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow_bettertoken.protocol.review import ItemState, ReviewItem, ReviewRecord
@@ -38,9 +42,23 @@ def review_location(bucket: str, dag_id: str, run_id: str) -> S3Location:
     return S3Location(bucket, f"{RESERVED_PREFIX}reviews/{_safe(dag_id)}/{_safe(run_id)}.json")
 
 
-def staging_prefix(bucket: str, dag_id: str, run_id: str) -> str:
-    """Where a run's edits are staged until they are approved, as an ``s3://`` prefix."""
-    return f"s3://{bucket}/{RESERVED_PREFIX}staging/{_safe(dag_id)}/{_safe(run_id)}/"
+def staging_prefix(bucket: str, dag_id: str, run_id: str, review_round: int = 1) -> str:
+    """Where a run's edits of one review round are staged until approved, as an ``s3://`` prefix.
+
+    Round 1 is what the listing stages (its ``stage_prefix``) and what the gate reviews first
+    (its ``staging_prefix``); round 2 holds the re-edits asked for in round 1, and so on. Usable in a
+    template through ``user_defined_macros``::
+
+        DAG(..., user_defined_macros={"staging_prefix": staging_prefix})
+        stage_prefix="{{ staging_prefix(params.out_bucket, dag.dag_id, run_id) }}"
+
+    :param review_round: the round, from 1.
+    """
+    if int(review_round) < 1:
+        raise ValueError(f"review_round={review_round!r} must be 1 or more")
+    return (
+        f"s3://{bucket}/{RESERVED_PREFIX}staging/{_safe(dag_id)}/{_safe(run_id)}/round-{int(review_round)}/"
+    )
 
 
 def _sources(metadata: Mapping[str, str]) -> tuple[str, ...]:
@@ -66,36 +84,52 @@ class ReviewStore:
         self.io = S3IO(self.io.s3_hook, extra_args)
         self.record.io = self.io
 
+    def _load(self, document: dict[str, Any] | None) -> ReviewRecord | None:
+        return ReviewRecord.load(document, self.location.uri) if document is not None else None
+
     def read(self) -> ReviewRecord | None:
-        found = self.record.read()
-        return ReviewRecord.from_json(found) if found else None
+        """The run's record, or None before its gate first ran.
+
+        :raises ReviewRecordError: naming the object and what is wrong, when it does not load.
+        """
+        return self._load(self.record.read())
 
     def update(self, change: Callable[[ReviewRecord | None], ReviewRecord | None]) -> ReviewRecord | None:
         """Apply a pure change with conditional writes; it may run again on a fresher record."""
 
         def on_json(current: dict[str, Any] | None) -> dict[str, Any] | None:
-            changed = change(ReviewRecord.from_json(current) if current else None)
-            return changed.to_json() if changed is not None else None
+            changed = change(self._load(current))
+            return changed.dump() if changed is not None else None
 
-        written = self.record.update(on_json)
-        return ReviewRecord.from_json(written) if written else None
+        return self._load(self.record.update(on_json))
 
     def staged(self, prefix: S3Location, dag_id: str, run_id: str) -> list[ReviewItem]:
-        """The images under this run's staging prefix that this run's edits wrote: one LIST, a HEAD each.
+        """The images under a round's staging prefix that this run's edits wrote: one LIST, a HEAD each.
 
-        An object whose metadata names another run (or none) is left out: it was not made here.
+        Each is named by its path under ``prefix``. An object whose metadata names another run (or
+        none) is left out: it was not made here.
         """
+        keys = (key for key in self.io.list_keys(prefix) if key.endswith(".png"))
+        return self._made_here(((key, key[len(prefix.key) :]) for key in keys), prefix.bucket, dag_id, run_id)
+
+    def reedits_made(self, record: ReviewRecord, review_round: int) -> list[ReviewItem]:
+        """The re-edits of ``review_round`` that this run's edits wrote, at the keys the record gave them."""
+        wanted = ((item.key, item.name) for item in record.reedits(review_round))
+        return self._made_here(wanted, record.bucket, record.dag_id, record.run_id)
+
+    def _made_here(
+        self, keys: Iterable[tuple[str, str]], bucket: str, dag_id: str, run_id: str
+    ) -> list[ReviewItem]:
         items = []
-        for key in self.io.list_keys(prefix):
-            if not key.endswith(".png"):
-                continue
-            head = self.io.head(S3Location(prefix.bucket, key))
+        for key, name in keys:
+            head = self.io.head(S3Location(bucket, key))
             metadata = head.metadata if head.found else {}
             if (metadata.get("dag-id"), metadata.get("run-id")) != (dag_id, run_id):
                 continue
             items.append(
                 ReviewItem(
                     key=key,
+                    name=name,
                     round=0,
                     state=ItemState.PENDING,
                     sources=_sources(metadata),

@@ -129,7 +129,7 @@ def review_manifest(review: ReviewRecord) -> dict[str, Any]:
     """A run's review for its manifest: the counts, how each round closed, and every image's history."""
     return {
         "counts": review.counts(),
-        "rounds": [close.to_json() for close in review.rounds],
+        "rounds": [close.model_dump(mode="json") for close in review.rounds],
         "images": [
             {
                 "key": item.key,
@@ -138,7 +138,7 @@ def review_manifest(review: ReviewRecord) -> dict[str, Any]:
                 "published_uri": item.published_uri,
                 "reedit_of": item.reedit_of,
                 "prompt": item.prompt,
-                "history": [decision.to_json() for decision in item.history],
+                "history": [decision.model_dump(mode="json") for decision in item.history],
             }
             for item in sorted(review.items.values(), key=lambda i: i.key)
         ],

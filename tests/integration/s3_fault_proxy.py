@@ -21,8 +21,10 @@ addresses an IP endpoint). moto applies no bucket policy and no IAM, so the prox
 from __future__ import annotations
 
 import http.client
+import re
 import threading
 from collections.abc import Callable
+from html import unescape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -65,6 +67,8 @@ class S3FaultProxy:
         self.ignore_conditional_writes = False
         #: Every request that came through, as (method, path with query), in order.
         self.requests: list[tuple[str, str]] = []
+        #: The keys each ``DeleteObjects`` asked to delete (the path names only the bucket), in order.
+        self.deleted_keys: list[str] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,6 +82,9 @@ class S3FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path, _, query = self.path.lstrip("/").partition("?")
                 bucket, _, key = unquote(path).partition("/")
+                if self.command == "POST" and "delete" in (q.partition("=")[0] for q in query.split("&")):
+                    keys = re.findall(r"<Key>(.*?)</Key>", body.decode())
+                    proxy.deleted_keys += [unescape(k) for k in keys]
                 is_object_put = self.command == "PUT" and bool(key) and "uploadId" not in query
                 if proxy.requester_pays and self.headers.get("x-amz-request-payer") != "requester":
                     self._reply(403, {"Content-Type": "application/xml"}, ACCESS_DENIED)

@@ -2,14 +2,19 @@
 waiting in its human-in-the-loop task, reviewed through a real API server's review page and answered
 through Airflow's REST API.
 
-One run serves every test here, in order: refusals first (no rights, no CSRF token, a foreign Origin),
-then one submit that approves 2, rejects 1 and re-edits 1 while another reviewer submits at once; the
-gate answered through the REST API publishes the approved images and sends the re-edit once; the
-re-edit comes back to the page, where a browser approves it; the second gate's answer ends the run.
+One run serves every test here, in order, on a catalog whose names look like the gate's own:
+``lamp.png``, ``lamp.r2.png`` and ``x.png.png`` beside ``cup.png`` and ``mug.png``. Its S3 requests go
+through a counting proxy, which shows that nothing under the publish prefix is touched before the
+gate is answered. Refusals first (no rights, no CSRF token, a foreign Origin, an oversized body), then
+a submit partly refused, then one submit that approves 3 and re-edits ``lamp.png`` while another
+reviewer submits at once; the gate answered through the REST API publishes the approved images under
+their own names and sends the re-edit once; the re-edit comes back to the page, where a browser
+approves it; the second gate's answer publishes it as ``lamp.png``. A rerun then pays for nothing.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -20,14 +25,14 @@ import time
 import uuid
 from html import unescape
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
 import requests
 
 from airflow_bettertoken.operators._hitl import HAS_HITL
 from airflow_bettertoken.protocol.review import Decision
-from airflow_bettertoken.storage.review import ReviewStore, review_location
+from airflow_bettertoken.storage.review import ReviewStore, review_location, staging_prefix
 from airflow_bettertoken.testing.samples import sample_image
 from tests.integration.gallery.browser import chromium, require_chromium
 
@@ -57,8 +62,9 @@ pytestmark = [
 
 DAG_ID = "bettertoken_reviewed_backfill"
 ROOT = Path(__file__).resolve().parents[3]
-NAMES = ["cup", "lamp", "mug", "vase"]
-NEW_PROMPT = "Paint the vase cobalt blue, keep the white background"
+NAMES = ["cup.png", "lamp.png", "lamp.r2.png", "mug.png", "x.png.png"]
+NEW_PROMPT = "Make the lamp shade cobalt blue, keep the white background"
+PUBLISH = "catalog-edited/"
 RUN_SCRIPT = (
     "import json, sys\n"
     "from tests.airflow_versions import load_dag\n"
@@ -79,11 +85,14 @@ def wait_for(predicate, timeout: float = 150, what: str = "it"):
 class Flow:
     """The run under review, and how to talk to it as each user."""
 
-    def __init__(self, server, s3, src: str, out: str, process: subprocess.Popen) -> None:
+    def __init__(self, server, s3, src: str, out: str, process: subprocess.Popen, counted) -> None:
         self.server, self.s3, self.src, self.out, self.process = server, s3, src, out, process
         self.tokens: dict[str, str] = {}
         self.run_id = ""
         self.browser_reviewed = False
+        #: The proxy every S3 request of the run goes through, and where this run's requests start in it.
+        self.counted, self.first_request = counted, len(counted.requests)
+        self.first_deleted = len(counted.deleted_keys)
 
     def headers(self, user: str | None) -> dict[str, str]:
         if user is None:
@@ -117,9 +126,12 @@ class Flow:
     def page(self, user: str = "reviewer") -> requests.Response:
         return requests.get(self.review_url, headers=self.headers(user), timeout=60)
 
-    def submit(self, user: str, fields: dict[str, str], **headers: str) -> requests.Response:
+    def submit(
+        self, user: str, token: str | None, fields: dict[str, str], **headers: str
+    ) -> requests.Response:
+        query = f"?{urlencode({'csrf_token': token})}" if token is not None else ""
         return requests.post(
-            self.review_url,
+            self.review_url + query,
             data=fields,
             headers={**self.headers(user), **headers},
             allow_redirects=False,
@@ -139,8 +151,18 @@ class Flow:
         return json.loads(self.s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read())
 
     def published(self) -> list[str]:
-        listed = self.s3.list_objects_v2(Bucket=self.out, Prefix="catalog-edited/")
-        return sorted(o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(".png"))
+        listed = self.s3.list_objects_v2(Bucket=self.out, Prefix=PUBLISH)
+        keys = [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(".png")]
+        return sorted(key.removeprefix(PUBLISH) for key in keys)
+
+    def items(self) -> dict[str, dict]:
+        """The record's items by where they are staged: ``(round, name)``."""
+        found = {}
+        for key, item in self.record()["items"].items():
+            prefix = staging_prefix(self.out, DAG_ID, self.run_id, item["round"])
+            assert key == prefix.removeprefix(f"s3://{self.out}/") + item["name"], key
+            found[(item["round"], item["name"])] = item
+        return found
 
 
 def rows_of(html: str) -> dict[str, tuple[str, int]]:
@@ -155,27 +177,15 @@ def rows_of(html: str) -> dict[str, tuple[str, int]]:
 
 
 def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    return unescape(re.search(r'<form method="post" action="review\?csrf_token=([^"]+)"', html).group(1))
 
 
-def fields(token: str | None, decisions: dict[tuple[str, int], str], **more: str) -> dict[str, str]:
-    data = {f"decision.{task}.{index}": action for (task, index), action in decisions.items()}
-    if token is not None:
-        data["csrf_token"] = token
-    return {**data, **more}
+def fields(decisions: dict[tuple[str, int], str], **more: str) -> dict[str, str]:
+    return {**{f"decision.{task}.{index}": action for (task, index), action in decisions.items()}, **more}
 
 
-@pytest.fixture(scope="module")
-def flow(server, s3, sandbox, airflow_db):
-    sandbox.emulator.control.reset()
-    src, out = f"rin-{uuid.uuid4().hex[:8]}", f"rout-{uuid.uuid4().hex[:8]}"
-    for bucket in (src, out):
-        s3.create_bucket(Bucket=bucket)
-    for seed, name in enumerate(NAMES):
-        s3.put_object(Bucket=src, Key=f"catalog/{name}.png", Body=sample_image(160, 120, seed=seed))
-    conf = {"in_bucket": src, "out_bucket": out, "review": True, "size": "1024x1024"}
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
+def run_dag(conf: dict, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-c", RUN_SCRIPT, DAG_ID, json.dumps(conf)],
         env=env,
         cwd=ROOT,
@@ -184,7 +194,23 @@ def flow(server, s3, sandbox, airflow_db):
         text=True,
         start_new_session=True,
     )
-    found = Flow(server, s3, src, out, process)
+
+
+@pytest.fixture(scope="module")
+def flow(server, s3, sandbox, airflow_db, counted_s3):
+    sandbox.emulator.control.reset()
+    src, out = f"rin-{uuid.uuid4().hex[:8]}", f"rout-{uuid.uuid4().hex[:8]}"
+    for bucket in (src, out):
+        s3.create_bucket(Bucket=bucket)
+    for seed, name in enumerate(NAMES):
+        s3.put_object(Bucket=src, Key=f"catalog/{name}", Body=sample_image(160, 120, seed=seed))
+    conf = {"in_bucket": src, "out_bucket": out, "review": True, "size": "1024x1024"}
+    # The run's S3 requests go through the counting proxy.
+    aws = json.dumps(sandbox.aws_connection(counted_s3.endpoint))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AIRFLOW_CONN_AWS_DEFAULT": aws}
+    found = Flow(server, s3, src, out, None, counted_s3)
+    found.process = process = run_dag(conf, env)
+    found.conf, found.env = conf, env
 
     def the_run() -> str | None:
         answer = requests.get(
@@ -203,13 +229,35 @@ def flow(server, s3, sandbox, airflow_db):
             process.wait(timeout=30)
 
 
-def test_round_one_stages_every_edit_and_publishes_nothing(flow):
-    record = flow.record()
-    staged = sorted(key.rsplit("/", 1)[-1] for key in record["items"])
-    assert staged == [f"{name}.png" for name in NAMES]
-    assert {item["state"] for item in record["items"].values()} == {"pending"}
+def test_round_one_stages_every_edit_under_its_own_name_and_publishes_nothing(flow):
+    items = flow.items()
+    assert sorted(items) == [(1, name) for name in NAMES]  # staged in round 1's prefix, under their names
+    assert {item["state"] for item in items.values()} == {"pending"}
     assert flow.published() == []
-    assert sorted(rows_of(flow.page().text)) == [f"{name}.png" for name in NAMES]
+    assert sorted(rows_of(flow.page().text)) == NAMES
+
+
+def test_nothing_under_the_publish_prefix_is_written_probed_or_deleted_before_the_gate_is_answered(flow):
+    made = flow.counted.requests[flow.first_request :]
+    publish_path = f"/{flow.out}/{PUBLISH}"
+    stage_path = "/" + staging_prefix(flow.out, DAG_ID, flow.run_id).removeprefix("s3://")
+    assert len(made) > 20  # the run's listing, preflight, five edits and the gate came this way
+    # No request names an object under the publish prefix: the listing only LISTs it (a GET of the bucket).
+    assert [(m, path) for m, path in made if path.startswith(publish_path)] == []
+    mentions = [(m, path) for m, path in made if quote(PUBLISH, safe="") in path or PUBLISH in path]
+    assert mentions and all(m == "GET" and urlsplit(path).path == f"/{flow.out}" for m, path in mentions)
+    # The preflight probed the staging prefix, where the edits were written, and deleted its probe there.
+    probes = [
+        (m, path)
+        for m, path in made
+        if ".bettertoken-preflight" in path and "/_bettertoken/spill" not in path
+    ]
+    assert {m for m, _ in probes} >= {"PUT", "HEAD"}
+    assert all(path.startswith(stage_path) for _, path in probes), probes
+    # Deletes name their keys in the body (DeleteObjects): only the probes, none under the publish prefix.
+    deleted = flow.counted.deleted_keys[flow.first_deleted :]
+    assert deleted and all(key.endswith(".bettertoken-preflight") for key in deleted), deleted
+    assert not [key for key in deleted if key.startswith(PUBLISH)]
 
 
 def test_users_without_rights_on_the_dag_get_403_on_every_write_route(flow):
@@ -217,13 +265,13 @@ def test_users_without_rights_on_the_dag_get_403_on_every_write_route(flow):
     row = rows_of(flow.page().text)["mug.png"]
     # alice may read only another DAG; viewer may read this one but change nothing.
     assert flow.page("alice").status_code == 403
-    assert flow.submit("alice", fields(token, {row: "approve"})).status_code == 403
+    assert flow.submit("alice", token, fields({row: "approve"})).status_code == 403
     assert flow.answer("review", "alice").status_code == 403
     assert flow.page("viewer").status_code == 200
     viewer_token = csrf_of(flow.page("viewer").text)
-    assert flow.submit("viewer", fields(viewer_token, {row: "approve"})).status_code == 403
+    assert flow.submit("viewer", viewer_token, fields({row: "approve"})).status_code == 403
     assert flow.answer("review", "viewer").status_code == 403
-    assert flow.submit(None, fields(token, {row: "approve"})).status_code == 401
+    assert flow.submit(None, token, fields({row: "approve"})).status_code == 401
     assert all(not item["history"] for item in flow.record()["items"].values())
 
 
@@ -231,36 +279,81 @@ def test_a_submit_without_the_csrf_token_or_from_another_origin_is_refused(flow)
     html = flow.page().text
     token, row = csrf_of(html), rows_of(html)["mug.png"]
     admins = csrf_of(flow.page("admin").text)
+    decision = fields({row: "approve"})
     answers = {
-        "no token": flow.submit("reviewer", fields(None, {row: "approve"})),
-        "another user's token": flow.submit("reviewer", fields(admins, {row: "approve"})),
-        "a forged token": flow.submit("reviewer", fields(token[:-4] + "0000", {row: "approve"})),
-        "a foreign Origin": flow.submit(
-            "reviewer", fields(token, {row: "approve"}), Origin="https://evil.example"
-        ),
+        "no token": flow.submit("reviewer", None, decision),
+        "the token in the body": flow.submit("reviewer", None, {**decision, "csrf_token": token}),
+        "another user's token": flow.submit("reviewer", admins, decision),
+        "a forged token": flow.submit("reviewer", token[:-4] + "0000", decision),
+        "a foreign Origin": flow.submit("reviewer", token, decision, Origin="https://evil.example"),
     }
     assert {why: answer.status_code for why, answer in answers.items()} == dict.fromkeys(answers, 403)
     assert "CSRF" in answers["no token"].text and "Origin" in answers["a foreign Origin"].text
     assert all(not item["history"] for item in flow.record()["items"].values())
 
 
+def post_headers_only(flow, user: str, token: str | None, length: int) -> tuple[int, str]:
+    """POST that declares ``length`` bytes and sends none: a route that read the body would wait for them."""
+    url = urlsplit(flow.review_url + (f"?{urlencode({'csrf_token': token})}" if token else ""))
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.putrequest("POST", f"{url.path}?{url.query}" if url.query else url.path)
+        for name, value in {
+            **flow.headers(user),
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Content-Length": str(length),
+        }.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
+
+
+def test_a_bad_token_or_an_oversized_body_is_refused_before_the_body_is_read(flow):
+    token = csrf_of(flow.page().text)
+    # 100 MB declared, none sent: each answer comes at once, so nothing waited to read the body.
+    assert post_headers_only(flow, "reviewer", None, 100_000_000)[0] == 403
+    status, text = post_headers_only(flow, "reviewer", token, 100_000_000)
+    assert status == 413 and "over" in text
+    assert all(not item["history"] for item in flow.record()["items"].values())
+
+
+def test_a_submit_partly_refused_saves_the_rest_and_says_which_and_why(flow):
+    html = flow.page().text
+    rows = rows_of(html)
+    answer = flow.submit(
+        "reviewer", csrf_of(html), fields({rows["cup.png"]: "approve", rows["lamp.png"]: "reedit"})
+    )
+    assert answer.status_code == 200
+    notice = unescape(re.search(r'<p class="notice">(.*?)</p>', answer.text).group(1))
+    assert notice == (
+        "Saved 1 decisions (cup.png). Not saved, 1: lamp.png: a re-edit needs a revised prompt: "
+        "write it in the row's prompt box."
+    )
+    items = flow.items()
+    assert [d["action"] for d in items[(1, "cup.png")]["history"]] == ["approve"]
+    assert items[(1, "lamp.png")]["history"] == []
+
+
 def test_one_submit_decides_four_images_while_another_reviewer_submits_at_once(flow):
     html = flow.page().text
     rows = rows_of(html)
+    lamp = rows["lamp.png"]
     mine = fields(
-        csrf_of(html),
-        {rows["mug.png"]: "approve", rows["lamp.png"]: "approve", rows["cup.png"]: "reject"}
-        | {rows["vase.png"]: "reedit"},
-        **{f"prompt.{rows['vase.png'][0]}.{rows['vase.png'][1]}": NEW_PROMPT},
-        **{f"size.{rows['vase.png'][0]}.{rows['vase.png'][1]}": "1024x1024"},
+        {rows["mug.png"]: "approve", rows["lamp.r2.png"]: "approve", rows["x.png.png"]: "approve"}
+        | {lamp: "reedit"},
+        **{f"prompt.{lamp[0]}.{lamp[1]}": NEW_PROMPT, f"size.{lamp[0]}.{lamp[1]}": "1024x1024"},
     )
-    theirs = fields(csrf_of(flow.page("admin").text), {rows["mug.png"]: "approve"})
+    theirs = fields({rows["mug.png"]: "approve"})
+    tokens = {"reviewer": csrf_of(html), "admin": csrf_of(flow.page("admin").text)}
     start = threading.Barrier(4)
     answers: dict[str, requests.Response] = {}
 
     def send(name: str, user: str, data: dict[str, str]) -> None:
         start.wait()
-        answers[name] = flow.submit(user, data, Origin=flow.server.url)
+        answers[name] = flow.submit(user, tokens[user], data, Origin=flow.server.url)
 
     # The reviewer's one submit, and three of another reviewer's at the same moment.
     senders = [("reviewer-0", "reviewer", mine)] + [(f"admin-{n}", "admin", theirs) for n in range(3)]
@@ -276,17 +369,18 @@ def test_one_submit_decides_four_images_while_another_reviewer_submits_at_once(f
         "admin-1": 303,
         "admin-2": 303,
     }
-    items = {key.rsplit("/", 1)[-1]: item for key, item in flow.record()["items"].items()}
+    items = {name: item for (_, name), item in flow.items().items()}
     by = {name: sorted(d["by"] for d in item["history"]) for name, item in items.items()}
     # Four submits at once, and no decision lost: each one is in the history, with who made it.
     assert by == {
+        "cup.png": ["reviewer"],
         "mug.png": ["admin", "admin", "admin", "reviewer"],
         "lamp.png": ["reviewer"],
-        "cup.png": ["reviewer"],
-        "vase.png": ["reviewer"],
+        "lamp.r2.png": ["reviewer"],
+        "x.png.png": ["reviewer"],
     }
-    vase = items["vase.png"]["history"][-1]
-    assert (vase["action"], vase["prompt"], vase["size"]) == ("reedit", NEW_PROMPT, "1024x1024")
+    lamp = items["lamp.png"]["history"][-1]
+    assert (lamp["action"], lamp["prompt"], lamp["size"]) == ("reedit", NEW_PROMPT, "1024x1024")
 
 
 def test_two_writers_of_the_record_at_once_both_keep_their_decision_the_loser_in_four_requests(
@@ -319,25 +413,27 @@ def test_answering_the_gate_through_the_rest_api_publishes_the_approved_and_send
     assert flow.answer("review").status_code == 409  # a second answer is refused by Airflow
 
     flow.wait_for_gate("review_reedits")
-    assert flow.published() == ["catalog-edited/lamp.png", "catalog-edited/mug.png"]
-    staged_mug = next(k for k in flow.record()["items"] if k.endswith("/mug.png"))
+    # Each under its own name: lamp.r2.png is a source's name here, not a re-edit's.
+    assert flow.published() == ["cup.png", "lamp.r2.png", "mug.png", "x.png.png"]
+    staged_mug = staging_prefix(flow.out, DAG_ID, flow.run_id).removeprefix(f"s3://{flow.out}/") + "mug.png"
     kept = flow.s3.head_object(Bucket=flow.out, Key=staged_mug)["Metadata"]
-    assert flow.s3.head_object(Bucket=flow.out, Key="catalog-edited/mug.png")["Metadata"] == kept
+    assert flow.s3.head_object(Bucket=flow.out, Key=PUBLISH + "mug.png")["Metadata"] == kept
     posts = sandbox.emulator.control.stats()["requests"]
     prompts = [post["fields"].get("prompt") for post in posts]
-    assert len(posts) == 5 and prompts.count(NEW_PROMPT) == 1
+    assert len(posts) == 6 and prompts.count(NEW_PROMPT) == 1
     reedit = next(post for post in posts if post["fields"].get("prompt") == NEW_PROMPT)
     assert reedit["fields"]["size"] == "1024x1024"
-    states = {k.rsplit("/", 1)[-1]: v["state"] for k, v in flow.record()["items"].items()}
+    states = {where: item["state"] for where, item in flow.items().items()}
     assert states == {
-        "cup.png": "rejected",
-        "lamp.png": "published",
-        "mug.png": "published",
-        "vase.png": "reedited",
-        "vase.r2.png": "pending",
+        (1, "cup.png"): "published",
+        (1, "lamp.png"): "reedited",
+        (1, "lamp.r2.png"): "published",
+        (1, "mug.png"): "published",
+        (1, "x.png.png"): "published",
+        (2, "lamp.png"): "pending",  # the re-edit, in round 2's own prefix: no other image's key
     }
     page = flow.page().text
-    assert list(rows_of(page)) == ["vase.r2.png"]  # the re-edit came back for review, alone
+    assert list(rows_of(page)) == ["lamp.png, round 2"]  # the re-edit came back for review, alone
     assert "re-edit of" in page and NEW_PROMPT in page
 
 
@@ -355,7 +451,7 @@ def test_a_reviewer_approves_the_reedit_in_chromium(flow, tmp_path):
         images = browser.find_elements(By.CSS_SELECTOR, "article.edit img")
         wait_for(lambda: all(browser.execute_script("return arguments[0].complete", i) for i in images), 60)
         widths = [browser.execute_script("return arguments[0].naturalWidth", i) for i in images]
-        assert len(widths) == 10 and all(width > 0 for width in widths), widths  # 5 rows, source and output
+        assert len(widths) == 12 and all(width > 0 for width in widths), widths  # 6 rows, source and output
         approve = browser.find_element(By.CSS_SELECTOR, "input[type=radio][value=approve]")
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", approve)
         approve.click()
@@ -371,32 +467,31 @@ def test_a_reviewer_approves_the_reedit_in_chromium(flow, tmp_path):
     flow.browser_reviewed = True
 
 
-def test_the_second_gate_publishes_the_reedit_and_the_manifest_records_the_review(flow):
+def test_the_second_gate_publishes_the_reedit_under_its_originals_name_and_the_manifest_records_it(flow):
     if not flow.browser_reviewed:  # without Chromium, the same decision through the page's form
         html = flow.page().text
         (row,) = rows_of(html).values()
-        assert flow.submit("reviewer", fields(csrf_of(html), {row: "approve"})).status_code == 303
+        assert flow.submit("reviewer", csrf_of(html), fields({row: "approve"})).status_code == 303
     assert flow.answer("review_reedits").status_code == 200
     output, _ = flow.process.communicate(timeout=180)
     Path(os.environ.get("BETTERTOKEN_REVIEW_LOG", "/dev/null")).write_text(output)
     assert re.search(r"^RUN \S+ success$", output, re.M), output[-2000:]
 
-    assert flow.published() == [
-        "catalog-edited/lamp.png",
-        "catalog-edited/mug.png",
-        "catalog-edited/vase.png",
-    ]
+    assert flow.published() == ["cup.png", "lamp.png", "lamp.r2.png", "mug.png", "x.png.png"]
+    reedit = staging_prefix(flow.out, DAG_ID, flow.run_id, 2).removeprefix(f"s3://{flow.out}/") + "lamp.png"
+    made = flow.s3.head_object(Bucket=flow.out, Key=reedit)["Metadata"]
+    assert flow.s3.head_object(Bucket=flow.out, Key=PUBLISH + "lamp.png")["Metadata"] == made
+    assert flow.items()[(2, "lamp.png")]["published_uri"] == f"s3://{flow.out}/{PUBLISH}lamp.png"
     manifest_key = next(
-        o["Key"]
-        for o in flow.s3.list_objects_v2(Bucket=flow.out, Prefix="catalog-edited/_manifests/")["Contents"]
+        o["Key"] for o in flow.s3.list_objects_v2(Bucket=flow.out, Prefix=PUBLISH + "_manifests/")["Contents"]
     )
     manifest = json.loads(flow.s3.get_object(Bucket=flow.out, Key=manifest_key)["Body"].read())
     review = manifest["review"]
     assert review["counts"] == {
-        "images": 5,
-        "approved": 3,
-        "published": 3,
-        "rejected": 1,
+        "images": 6,
+        "approved": 5,
+        "published": 5,
+        "rejected": 0,
         "reedited": 1,
         "pending": 0,
         "rounds": 2,
@@ -405,8 +500,14 @@ def test_the_second_gate_publishes_the_reedit_and_the_manifest_records_the_revie
         (1, "reviewer", False),
         (2, "reviewer", False),
     ]
-    assert manifest["spend"]["posts"] == 5  # four edits and the paid re-edit
-    summary = json.loads(
-        flow.s3.get_object(Bucket=flow.out, Key="catalog-edited/_manifest.json")["Body"].read()
-    )
-    assert summary["review"] == {"approved": 3, "rejected": 1, "reedited": 1, "published": 3}
+    assert manifest["spend"]["posts"] == 6  # five edits and the paid re-edit
+    summary = json.loads(flow.s3.get_object(Bucket=flow.out, Key=PUBLISH + "_manifest.json")["Body"].read())
+    assert summary["review"] == {"approved": 5, "rejected": 0, "reedited": 1, "published": 5}
+
+
+def test_a_rerun_with_review_pays_for_nothing(flow, sandbox):
+    posts = len(sandbox.emulator.control.stats()["requests"])
+    output, _ = run_dag(flow.conf, flow.env).communicate(timeout=300)
+    assert re.search(r"^RUN \S+ success$", output, re.M), output[-2000:]
+    assert len(sandbox.emulator.control.stats()["requests"]) == posts
+    assert flow.published() == ["cup.png", "lamp.png", "lamp.r2.png", "mug.png", "x.png.png"]
