@@ -154,3 +154,16 @@ def test_templates_are_left_for_the_run_to_check():
     dag, _ = build(size="{{ params.size }}", dest_prefix="s3://{{ params.out }}/edited/{{ ds }}/")
     manifest_uri = dag.get_task("write_manifest").manifest_uri
     assert manifest_uri == "s3://{{ params.out }}/edited/{{ ds }}/_manifest.json"
+
+
+@pytest.mark.parametrize(("review", "expected"), [("True", "staged"), ("False", ""), (False, "")])
+def test_the_staging_prefix_is_the_review_stores_own_in_the_destinations_bucket(review, expected):
+    from types import SimpleNamespace
+
+    from airflow_bettertoken.operators.backfill import _staging_prefix
+    from airflow_bettertoken.storage.review import staging_prefix
+
+    ti = SimpleNamespace(dag_id="catalog", run_id="manual__2026-12-05T10:00:00+00:00")
+    found = _staging_prefix.function("s3://out/edited/", review, ti=ti)
+    assert found == (staging_prefix("out", ti.dag_id, ti.run_id) if expected else "")
+    assert not expected or found.startswith("s3://out/_bettertoken/staging/catalog/")
