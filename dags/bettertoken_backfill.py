@@ -14,25 +14,27 @@ The runs of a chain share a record under ``_bettertoken/chains/``: the first run
 catalog once, every later run lists only what comes after the keys settled before it. Edits
 that failed for good are not planned again; ``retry_failed`` plans them once more. The run
 records itself in ``_manifests/<run id>.json`` next to the outputs, and ``_manifest.json`` sums
-every run. A run in which any edit failed ends ``failed``. Over a date range, with ``by_date``
-on, each run takes the day's sub-prefix:
+every run. A run in which any edit failed ends ``failed``.
 
-    airflow backfill create --dag-id bettertoken_backfill \\
-        --from-date 2026-11-01 --to-date 2026-11-07 --dag-run-conf '{"by_date": true}'
+It has no schedule: it runs when triggered, so unpausing it starts nothing on the default buckets.
+With ``by_date`` on, a run takes one day's sub-prefix: ``day``, or the run's date when ``day`` is
+empty; a chain keeps its first run's day. A date range is one trigger a day (``max_active_runs=1``
+runs them one after another):
+
+    for day in 2026-11-01 2026-11-02 2026-11-03; do
+        airflow dags trigger bettertoken_backfill --conf '{"by_date": true, "day": "'$day'"}'
+    done
+
+The four tasks come from :func:`~airflow_bettertoken.catalog_backfill`; this file only maps the
+DAG's params onto it.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import DAG, Param
 
-from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
-from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
-from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
-from airflow_bettertoken.operators.next_chunk import BetterTokenNextChunkOperator
-from airflow_bettertoken.protocol.wire import SIZES
+from airflow_bettertoken import SIZES, catalog_backfill
 
 # The day a by_date run works on: the day its first chunk pinned in the conf, or the run's own date
 # (a run triggered without a logical date has no `ds`: its run_after stands in).
@@ -41,7 +43,7 @@ DAY = "{{ " + THE_DAY + " ~ '/' if params.by_date else '' }}"
 
 with DAG(
     dag_id="bettertoken_backfill",
-    schedule="@daily",
+    schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -67,37 +69,15 @@ with DAG(
             description="Plan again the edits that failed for good in earlier runs of the chain",
         ),
     },
-) as dag:
-    source = "s3://{{ params.in_bucket }}/{{ params.source_prefix }}" + DAY
-    dest = "s3://{{ params.out_bucket }}/{{ params.dest_prefix }}" + DAY
-    images = BetterTokenListImagesOperator(
-        task_id="list_images",
-        source_prefix=source,
-        dest_prefix=dest,
-        max_edits="{{ params.max_edits_per_run }}",
-        replan_failed="{{ params.retry_failed }}",
-    )
-    edits = BetterTokenImageEditOperator.partial(
-        task_id="edit_image",
+):
+    catalog_backfill(
+        source_prefix="s3://{{ params.in_bucket }}/{{ params.source_prefix }}" + DAY,
+        dest_prefix="s3://{{ params.out_bucket }}/{{ params.dest_prefix }}" + DAY,
         prompt="{{ params.prompt }}",
         size="{{ params.size }}",
-        pool="bettertoken",
-        retries=2,
-        retry_delay=timedelta(seconds=30),
-    ).expand_kwargs(images.output)
-    next_chunk = BetterTokenNextChunkOperator(
-        task_id="next_chunk",
-        edits=images.output,
-        results=edits.output,
+        max_edits_per_run="{{ params.max_edits_per_run }}",
         until_done="{{ params.until_done }}",
+        retry_failed="{{ params.retry_failed }}",
         conf_updates={"day": "{{ " + THE_DAY + " }}"},
+        pool="bettertoken",
     )
-    manifest = BetterTokenManifestOperator(
-        task_id="write_manifest",
-        edits=images.output,
-        results=edits.output,
-        manifest_uri=dest + "_manifest.json",
-        next_chunk_task_id="next_chunk",
-        trigger_rule="all_done",
-    )
-    edits >> next_chunk >> manifest

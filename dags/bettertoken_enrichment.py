@@ -16,9 +16,11 @@ import pendulum
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import DAG, Asset, AssetAlias, Param, task
 
-from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
-from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
-from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
+from airflow_bettertoken import (
+    BetterTokenImageEditOperator,
+    BetterTokenListImagesOperator,
+    BetterTokenManifestOperator,
+)
 
 INCOMING = Asset(name="bettertoken_incoming", uri="s3://bettertoken-in/stream/")
 EDITED = AssetAlias(name="bettertoken_edited_images")

@@ -1,9 +1,8 @@
 """A backfill whose edits a person reviews before they are published (Airflow 3.1 and later).
 
 With ``review`` on, the edits are written under the run's staging prefix,
-``s3://<out>/_bettertoken/staging/<dag>/<run>/round-1/`` (``staging_prefix``), and nothing reaches
-``dest_prefix`` until a person approves it (the listing's preflight probes the staging prefix). The
-gate ``review`` is a human-in-the-loop task: it links to the run's review page in the
+``s3://<out>/_bettertoken/staging/<dag>/<run>/``, and nothing reaches ``dest_prefix`` until a person
+approves it. The gate ``review`` is a human-in-the-loop task: it links to the run's review page in the
 gallery (``/bettertoken/dags/<dag>/runs/<run>/review``), where each image is approved, rejected or
 re-edited with a revised prompt, the whole page in one submit; answering the task (in Airflow's
 "Required actions", or through the REST API) publishes the approved images. Re-edits are new paid
@@ -16,7 +15,8 @@ that were never published (a rejected one is planned again).
 
     airflow dags trigger bettertoken_reviewed_backfill --conf '{"review": true}'
 
-On Airflow 3.0, which has no human-in-the-loop tasks, this file fails to import, naming 3.1.
+The tasks come from :func:`~airflow_bettertoken.catalog_backfill` with ``review``. On Airflow 3.0,
+which has no human-in-the-loop tasks, this file fails to import, naming 3.1.
 """
 
 from __future__ import annotations
@@ -26,12 +26,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Param
 
-from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
-from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
-from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
-from airflow_bettertoken.operators.review import BetterTokenReviewOperator
-from airflow_bettertoken.protocol.wire import SIZES
-from airflow_bettertoken.storage.review import staging_prefix
+from airflow_bettertoken import SIZES, catalog_backfill
 
 #: What an image nobody decided on gets when a round closes, and on a timeout: this DAG's choice.
 UNDECIDED = "reject"
@@ -44,7 +39,6 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["bettertoken", "example", "review"],
-    user_defined_macros={"staging_prefix": staging_prefix},
     params={
         "in_bucket": Param("bettertoken-in", type="string"),
         "out_bucket": Param("bettertoken-out", type="string"),
@@ -57,51 +51,15 @@ with DAG(
             False, type="boolean", description="Stage the edits until a person approves each one"
         ),
     },
-) as dag:
-    publish = "s3://{{ params.out_bucket }}/{{ params.dest_prefix }}"
-    staging = "{{ staging_prefix(params.out_bucket, dag.dag_id, run_id) }}"
-    images = BetterTokenListImagesOperator(
-        task_id="list_images",
+):
+    catalog_backfill(
         source_prefix="s3://{{ params.in_bucket }}/{{ params.source_prefix }}",
-        dest_prefix=publish,
-        stage_prefix="{{ staging_prefix(params.out_bucket, dag.dag_id, run_id) if params.review else '' }}",
-        max_edits="{{ params.max_edits_per_run }}",
-    )
-    edits = BetterTokenImageEditOperator.partial(
-        task_id="edit_image",
+        dest_prefix="s3://{{ params.out_bucket }}/{{ params.dest_prefix }}",
         prompt="{{ params.prompt }}",
         size="{{ params.size }}",
+        max_edits_per_run="{{ params.max_edits_per_run }}",
         pool="bettertoken",
-        retries=2,
-        retry_delay=timedelta(seconds=30),
-    ).expand_kwargs(images.output)
-    gate = dict(
-        staging_prefix=staging,
-        publish_prefix=publish,
-        max_rounds=2,
+        review="{{ params.review }}",
+        review_timeout=REVIEW_TIMEOUT,
         undecided=UNDECIDED,
-        response_timeout=REVIEW_TIMEOUT,
-        enabled="{{ params.review }}",
     )
-    # all_done: the images that were made are reviewed even when another edit failed.
-    review = BetterTokenReviewOperator(task_id="review", review_round=1, trigger_rule="all_done", **gate)
-    # Each re-edit is a new logical edit in the spend ledger, paid again, with the revised prompt.
-    reedits = BetterTokenImageEditOperator.partial(
-        task_id="reedit_image",
-        if_exists="replace",
-        pool="bettertoken",
-        retries=2,
-        retry_delay=timedelta(seconds=30),
-    ).expand_kwargs(review.output)
-    review_reedits = BetterTokenReviewOperator(
-        task_id="review_reedits", review_round=2, trigger_rule="all_done", **gate
-    )
-    manifest = BetterTokenManifestOperator(
-        task_id="write_manifest",
-        edits=images.output,
-        results=edits.output,
-        manifest_uri=publish + "_manifest.json",
-        reviewed="{{ params.review }}",
-        trigger_rule="all_done",
-    )
-    edits >> review >> reedits >> review_reedits >> manifest

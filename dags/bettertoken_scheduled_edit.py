@@ -11,10 +11,12 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param
 
-from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
-from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
-from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
-from airflow_bettertoken.protocol.wire import SIZES
+from airflow_bettertoken import (
+    SIZES,
+    BetterTokenImageEditOperator,
+    BetterTokenListImagesOperator,
+    BetterTokenManifestOperator,
+)
 
 with DAG(
     dag_id="bettertoken_scheduled_edit",
