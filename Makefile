@@ -22,8 +22,9 @@ test: $(VENV)/.installed lint
 	$(BIN)/python -m pytest
 
 # The docs site (Sphinx, as Airflow's providers build theirs) into docs/_build/html; any warning fails it.
+# -E reads every page each time, so a warning in a page that did not change is not hidden.
 docs: $(VENV)/.docs-installed
-	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs/_build/html/index.html"
 
 $(VENV)/.docs-installed: $(VENV)/.installed

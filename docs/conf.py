@@ -23,6 +23,7 @@ html_title = f"airflow-bettertoken {release}"
 html_theme_options = {
     "description": "Edit images in S3 with gpt-image-2, from Airflow 3",
     "fixed_sidebar": True,
+    "page_width": "1200px",
 }
 html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
 
