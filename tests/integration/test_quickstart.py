@@ -194,7 +194,7 @@ def test_the_quick_start_edits_a_photo_in_a_real_deployment(tmp_path):
                 for command in code.strip().splitlines():
                     deployment.start(command)
                 deployment.wait_for(
-                    "Airflow is ready", lambda: "Airflow is ready" in deployment.output("standalone"), 240
+                    "Airflow is ready", lambda: "Airflow is ready" in deployment.output("standalone"), 300
                 )
             elif "airflow dags unpause" in code:
                 deployment.wait_for("the DAG in dags list", partial(_dag_is_listed, deployment), 120)
