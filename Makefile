@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MATRIX := 3.0.6 3.1.8 3.2.2 3.3.2
 AIRFLOW ?= 3.3.2
 
-.PHONY: demo test lint bench clean test-airflow test-matrix
+.PHONY: demo test lint bench clean test-airflow test-matrix docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,16 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed lint
 	$(BIN)/python -m pytest
+
+# The docs site (Sphinx, as Airflow's providers build theirs) into docs/_build/html; any warning fails it.
+# -E reads every page each time, so a warning in a page that did not change is not hidden.
+docs: $(VENV)/.docs-installed
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs/_build/html/index.html"
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $@
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -34,7 +44,7 @@ test-matrix:
 	PYTHON=$(PYTHON) scripts/test-matrix.sh $(MATRIX)
 
 clean:
-	rm -rf $(VENV) .venv-airflow-* .demo demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-airflow-* .demo demo-output .pytest_cache .ruff_cache docs/_build
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
