@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenRecordError
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 from airflow_bettertoken.plugins._images import S3Objects
 from airflow_bettertoken.storage.chain import ChainState, chain_location, chain_root
@@ -89,8 +89,8 @@ def find_catalog(
             Bucket=location.bucket, Key=location.key, IfMatch=head.etag
         )
         with answer["Body"] as body:
-            state = ChainState.from_json(json.loads(body.read()))
-    except (ClientError, ValueError, KeyError, TypeError) as err:
+            state = ChainState.load(json.loads(body.read()), location.uri)
+    except (ClientError, ValueError, BetterTokenRecordError) as err:
         return Catalog(None, location, f"the chain record cannot be read ({type(err).__name__})")
     if (state.dag_id, state.root_run_id, state.dest_uri) != (dag_id, chain_root(run_id), dest.uri):
         return Catalog(None, location, "the chain record names another DAG, chain or destination")

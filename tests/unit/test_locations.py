@@ -135,8 +135,8 @@ def test_findings_survive_xcom_and_name_at_most_a_hundred_keys():
     skipped = [SkippedKey(f"in//{n}.jpg", "why") for n in range(150)]
     store = StoreCheck("s3://dst/out/", conditional_writes=False, can_list=True)
     findings = ListingFindings.of(skipped, store)
-    copy = ListingFindings.from_xcom(json.loads(json.dumps(findings.to_xcom())))
+    copy = ListingFindings.load(json.loads(json.dumps(findings.dump())), "findings")
     assert copy == findings
     assert (len(copy.skipped_keys), copy.skipped_total) == (100, 150)
-    [warning] = findings.to_xcom()["store"]["warnings"]
+    [warning] = findings.dump()["store"]["warnings"]
     assert "ignores conditional writes" in warning and "duplicates and overwrites are possible" in warning

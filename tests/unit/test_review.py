@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
@@ -21,7 +23,13 @@ from airflow_bettertoken.protocol.review import (
     RoundClose,
     reedit_key,
 )
-from airflow_bettertoken.storage.run_manifest import fold_into_summary, review_manifest
+from airflow_bettertoken.storage.run_manifest import (
+    ReviewTotals,
+    RunCounts,
+    RunManifest,
+    fold_into_summary,
+    review_manifest,
+)
 
 STAGE = "_bettertoken/staging/d/r/"
 AT = "2026-12-01T10:00:00+00:00"
@@ -145,8 +153,14 @@ def test_reedit_keys(key, round_number, expected):
 def test_the_summary_sums_the_reviews_and_a_run_counted_again_is_not_added_twice():
     rec = close(decide(record("a.png", "b.png", "c.png"), **{"a.png": "approve", "c.png": "reedit"}))
     rec = rec.published({STAGE + "a.png": "s3://out/pub/a.png"})
-    run = {"run_id": "r", "counts": {"done": 3}, "review": review_manifest(rec)}
-    assert run["review"]["counts"] == {
+    run = RunManifest(
+        dag_id="d",
+        run_id="r",
+        finished_at="2026-12-05T00:00:00+00:00",
+        counts=RunCounts(done=3),
+        review=review_manifest(rec),
+    )
+    assert run.review.counts == {
         "images": 4,
         "approved": 1,
         "published": 1,
@@ -157,10 +171,10 @@ def test_the_summary_sums_the_reviews_and_a_run_counted_again_is_not_added_twice
     }
     once = fold_into_summary(None, run, None)
     twice = fold_into_summary(once, run, None)
-    other = fold_into_summary(twice, {**run, "run_id": "s"}, None)
-    expected = {"approved": 1, "rejected": 1, "reedited": 1, "published": 1}
-    assert once["review"] == twice["review"] == expected
-    assert other["review"] == {name: 2 * value for name, value in expected.items()}
+    other = fold_into_summary(twice, dataclasses.replace(run, run_id="s"), None)
+    expected = ReviewTotals(approved=1, rejected=1, reedited=1, published=1)
+    assert once.review == twice.review == expected
+    assert other.review == expected + expected
 
 
 def test_the_csrf_token_is_bound_to_the_user_the_run_and_time():
