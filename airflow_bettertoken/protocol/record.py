@@ -70,8 +70,12 @@ class Record:
                 f"airflow-bettertoken; this one reads up to format {cls.FORMAT}: upgrade it"
             )
         try:
+            text = json.dumps(document)
+        except (TypeError, ValueError) as err:
+            raise BetterTokenRecordError(f"{where} is no {name} record: it is not JSON ({err})") from None
+        try:
             # JSON mode, strictly: a list reads as a tuple and text as an enum, but "5" is no number.
-            return _adapter(cls).validate_json(json.dumps(document, default=str), strict=True)
+            return _adapter(cls).validate_json(text, strict=True)
         except ValidationError as err:
             raise BetterTokenRecordError(f"{where} is not a valid {name} record: {_problems(err)}") from None
 

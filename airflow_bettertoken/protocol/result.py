@@ -281,8 +281,8 @@ class EditFailure(Record):
     :param evidence_uri: where a paid but unusable answer was kept, for the provider's support.
     """
 
-    error: str | None
     reason: str
+    error: str | None = None
     for_good: bool = False
     source: str | list[str] | None = None
     dest: str | None = None

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, TypeAdapter, field_serializer, field_validator
 
 from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.result import EditFailure, first_line
@@ -51,6 +51,7 @@ _CHUNK_SUFFIX = re.compile(r"__chunk(\d+)$")
 RECENT_RUNS_FOR_RATE = 5
 # Kept of a failure's reason in the chain record; the run manifests keep 500 characters.
 _MAX_REASON_CHARS = 200
+_FAILURE = TypeAdapter(EditFailure)
 
 
 def chain_root(run_id: str) -> str:
@@ -127,6 +128,23 @@ class ChainState(Record):
         dict[str, EditFailure], Field(validation_alias=AliasChoices("failed_for_good", "failed"))
     ] = Field(default_factory=dict)
     runs: tuple[RunResult, ...] = ()
+
+    @field_validator("failed_for_good", mode="after")
+    @classmethod
+    def _all_for_good(cls, failures: dict[str, EditFailure]) -> dict[str, EditFailure]:
+        # Records written before the failures were EditFailure records do not say so: they all are.
+        return {
+            key: failure if failure.for_good else dataclasses.replace(failure, for_good=True)
+            for key, failure in failures.items()
+        }
+
+    @field_serializer("failed_for_good")
+    def _compact(self, failures: dict[str, EditFailure]) -> dict[str, dict[str, Any]]:
+        # A whole catalog's failures: each keeps only the fields it has (no source, dest or connection).
+        return {
+            key: _FAILURE.dump_python(failure, mode="json", exclude_none=True)
+            for key, failure in failures.items()
+        }
 
     @property
     def watermark(self) -> str:

@@ -32,6 +32,7 @@ def test_the_chain_loads_with_its_renamed_fields():
     assert state.failed_may_retry == ("catalog/item-2.png",)  # "retry" in the old record
     [(key, failure)] = state.failed_for_good.items()  # "failed" in the old record
     assert (key, failure.error, failure.run_id) == ("catalog/item-0.png", "BetterTokenInputError", "chain")
+    assert failure.for_good  # every failure the chain keeps is, though old records do not say so
     assert (state.images, state.done, state.pending, state.watermark) == (6, 1, 4, "catalog/item-2.png")
     assert state.runs[0].spend == state.spend == SPEND
 
@@ -40,6 +41,13 @@ def test_the_chain_is_written_back_under_the_new_names_and_reads_again():
     state = ChainState.load(fixture("chain.json"), "chain.json")
     document = json.loads(json.dumps(state.dump()))
     assert {"failed_may_retry", "failed_for_good"} <= document.keys() and "retry" not in document
+    # Only the fields a chain's failure has: a catalog may keep thousands.
+    assert document["failed_for_good"]["catalog/item-0.png"].keys() == {
+        "error",
+        "reason",
+        "for_good",
+        "run_id",
+    }
     assert ChainState.load(document, "chain.json") == state
 
 
