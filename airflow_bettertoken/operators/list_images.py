@@ -16,7 +16,7 @@ from airflow_bettertoken.operators.preflight import preflight
 from airflow_bettertoken.storage.chain import ChainState, chain_location, progress_line, with_window_of
 from airflow_bettertoken.storage.chunks import plan_chunk
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
-from airflow_bettertoken.storage.listing import Plan, plan_pending
+from airflow_bettertoken.storage.listing import COUNTS_KEY, Plan, plan_pending
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.objects import ImageStore
 from airflow_bettertoken.storage.records import ConditionalRecord
@@ -131,7 +131,7 @@ class BetterTokenListImagesOperator(BaseOperator):
                     plan_pending(source_keys, [], source, dest, only_pending=False, max_edits=limit),
                     None,
                 )
-        context["ti"].xcom_push(key="counts", value=plan.counts)
+        context["ti"].xcom_push(key=COUNTS_KEY, value=plan.counts.dump())
         findings = ListingFindings.of(plan.skipped, store_check)
         context["ti"].xcom_push(key=FINDINGS_KEY, value=findings.dump())
         self.log.info("%s", progress_line(plan, chain, self.source_prefix))

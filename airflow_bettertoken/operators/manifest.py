@@ -21,6 +21,7 @@ from airflow_bettertoken.protocol.spend import RunSpend, run_spend
 from airflow_bettertoken.storage.chain import ChainState, chain_location, run_line
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
 from airflow_bettertoken.storage.ledger import read_ledgers
+from airflow_bettertoken.storage.listing import COUNTS_KEY, ListingCounts
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.review import ReviewStore, review_location
@@ -141,7 +142,7 @@ class BetterTokenManifestOperator(BaseOperator):
                 dag_id=ti.dag_id,
                 run_id=ti.run_id,
                 finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                listing=self._from_listing(ti, "counts"),
+                listing=self._counts(ti),
                 next_run_id=decision.next_run_id if decision else None,
                 spend=self._spend([*planned, *reedits], summary.bucket, ti),
                 findings=self._findings(ti),
@@ -168,6 +169,12 @@ class BetterTokenManifestOperator(BaseOperator):
     def _from_listing(self, ti: Any, key: str) -> Any:
         """The listing task's XCom ``key``; None without a listing task."""
         return ti.xcom_pull(task_ids=self.listing_task_id, key=key) if self.listing_task_id else None
+
+    def _counts(self, ti: Any) -> ListingCounts | None:
+        """Where the image set stands, as the listing counted it; None when it pushed no counts."""
+        value = self._from_listing(ti, COUNTS_KEY)
+        where = f"XCom {COUNTS_KEY!r} of task {self.listing_task_id!r}"
+        return None if value is None else ListingCounts.load(value, where)
 
     def _findings(self, ti: Any) -> ListingFindings | None:
         """What the listing found besides its edits; None when it pushed none."""

@@ -12,6 +12,7 @@ from airflow_bettertoken.operators._xcom import load_records, materialize, task_
 from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.storage.chain import next_chunk_run_id
+from airflow_bettertoken.storage.listing import COUNTS_KEY, ListingCounts
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -90,12 +91,14 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
 
     def execute(self, context: Context) -> None:
         ti = context["ti"]
-        counts = ti.xcom_pull(task_ids=self.listing_task_id, key="counts") or {}
+        value = ti.xcom_pull(task_ids=self.listing_task_id, key=COUNTS_KEY)
+        where = f"XCom {COUNTS_KEY!r} of task {self.listing_task_id!r}"
+        counts = ListingCounts.load(value, where) if value is not None else None
         finished = len(load_records(EditXCom, materialize(self.results), "return_value", self.edit_task_id))
         failures = load_records(EditFailure, materialize(self.failures), "failure", self.edit_task_id)
         for_good = sum(1 for failure in failures if failure.for_good)
-        remaining = counts.get("remaining", 0)
-        blocked = counts.get("failed_for_good", 0) + for_good
+        remaining = counts.remaining if counts else 0
+        blocked = (counts.failed_for_good if counts else 0) + for_good
         left_alone = (
             f"; {blocked} edits failed for good and are not planned again (their reasons are in the "
             "manifests): trigger with retry_failed to try them once more"

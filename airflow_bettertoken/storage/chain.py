@@ -252,13 +252,16 @@ def progress_line(plan: Any, chain: ChainState | None, source_uri: str) -> str:
     """One log line on where the catalog stands, what this run plans, and when it should end."""
     counts = plan.counts
     if chain is None:
-        return f"Images under {source_uri}: {counts}"
+        return (
+            f"Images under {source_uri}: {counts.images:,}, {counts.done:,} done, {counts.pending:,} "
+            f"pending, {counts.planned:,} planned, {counts.remaining:,} remaining"
+        )
     failed = len(chain.failed_for_good)
     share = f" ({failed / chain.images:.1%})" if chain.images else ""
     line = (
         f"Catalog {chain.source_uri} -> {chain.dest_uri}: {chain.done:,} of {chain.images:,} done, "
-        f"{failed:,} failed for good{share}, {counts['remaining']:,} remaining after this run, "
-        f"which plans {counts['planned']:,}"
+        f"{failed:,} failed for good{share}, {counts.remaining:,} remaining after this run, "
+        f"which plans {counts.planned:,}"
     )
     rate, eta = chain.images_per_hour(), chain.eta_seconds()
     if rate is None or eta is None:

@@ -24,6 +24,7 @@ from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.protocol.review import ReviewRecord
 from airflow_bettertoken.protocol.spend import RunSpend
 from airflow_bettertoken.storage.findings import ListingFindings
+from airflow_bettertoken.storage.listing import ListingCounts
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.typed_record import TypedRecord
@@ -122,7 +123,7 @@ class RunManifest(Record):
     run_id: str
     finished_at: str
     counts: RunCounts
-    listing: dict[str, int] | None = None
+    listing: ListingCounts | None = None
     remaining: int | None = None
     next_run_id: str | None = None
     spend: RunSpend = RunSpend()
@@ -216,7 +217,7 @@ def build_run_manifest(
     dag_id: str,
     run_id: str,
     finished_at: str,
-    listing: Mapping[str, int] | None = None,
+    listing: ListingCounts | None = None,
     next_run_id: str | None = None,
     spend: RunSpend | None = None,
     findings: ListingFindings | None = None,
@@ -249,8 +250,8 @@ def build_run_manifest(
         counts=RunCounts(
             planned=len(planned), done=len(finished) - skipped, skipped=skipped, failed=len(failed)
         ),
-        listing=dict(listing) if listing else None,
-        remaining=listing.get("remaining") if listing else None,
+        listing=listing,
+        remaining=listing.remaining if listing else None,
         next_run_id=next_run_id,
         spend=spend or RunSpend(),
         usage=usage,

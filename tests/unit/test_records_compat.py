@@ -17,6 +17,7 @@ from airflow_bettertoken.protocol.result import EditFailure, EditResult, EditXCo
 from airflow_bettertoken.protocol.spend import Outcome, OutputLedger, RunBreaker, RunSpend
 from airflow_bettertoken.storage.chain import ChainState
 from airflow_bettertoken.storage.findings import ListingFindings
+from airflow_bettertoken.storage.listing import ListingCounts
 from airflow_bettertoken.storage.run_manifest import RunManifest, Summary, fold_into_summary
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "records"
@@ -88,6 +89,7 @@ def test_the_run_manifest_and_the_summary_load_and_fold_on():
         (False, "BetterTokenUploadError"),
     ]
     assert manifest.outputs[0].nbytes == 27889 and manifest.findings.skipped_total == 1
+    assert manifest.listing.remaining == manifest.remaining == 3
     summary = Summary.load(fixture("summary.json"), "summary.json")
     assert (summary.runs, summary.images_done, summary.spend) == (1, 1, SPEND)
     assert summary.recent_runs[0].counted.spend == SPEND
@@ -106,6 +108,8 @@ def test_the_xcom_records_load():
         assert failure.for_good is for_good and failure.dest.startswith("s3://records-out/edited/")
     findings = ListingFindings.load(fixture("findings_xcom.json"), "findings_xcom.json")
     assert findings.skipped_keys[0].key == "catalog//no-safe-path.png" and findings.store is None
+    counts = ListingCounts.load(fixture("counts_xcom.json"), "counts_xcom.json")
+    assert (counts.images, counts.planned, counts.remaining) == (6, 3, 3)
     assert ChunkDecision.load({"next_run_id": None, "reason": "no images remain"}, "decision").reason
 
 
