@@ -25,6 +25,7 @@ __all__ = [
     "BetterTokenOutputExistsError",
     "BetterTokenPermissionError",
     "BetterTokenRateLimitError",
+    "BetterTokenRecordError",
     "BetterTokenResponseError",
     "BetterTokenServerError",
     "BetterTokenSizeMismatchError",
@@ -166,6 +167,13 @@ class BetterTokenStorageError(BetterTokenError):
         self.code = code
         self.botocore_class = botocore_class
         self.retryable = retryable
+
+
+class BetterTokenRecordError(BetterTokenError):
+    """Raised when a record (in S3, or in XCom) cannot be read: the message names it and what is wrong.
+
+    A record is never read as a default in its place: a ledger read as empty would pay again.
+    """
 
 
 class BetterTokenUploadError(BetterTokenError):

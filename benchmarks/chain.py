@@ -105,16 +105,13 @@ def settle(s3_hook, run_id: str, edits: list[dict]) -> None:
     """What the run's manifest task does to the chain's record once its edits are done."""
     from airflow_bettertoken.storage.chain import ChainState, RunResult, chain_location
     from airflow_bettertoken.storage.records import ConditionalRecord
+    from airflow_bettertoken.storage.typed_record import TypedRecord
 
     done = [edit["source"].removeprefix("s3://bench-in/") for edit in edits]
     result = RunResult(run_id, len(edits), len(edits), 0, 0, time.time() - 60, time.time())
-    record = ConditionalRecord(s3_hook, chain_location("bench-out", "bench", run_id))
+    record = TypedRecord(ChainState, ConditionalRecord(s3_hook, chain_location("bench-out", "bench", run_id)))
     record.update(
-        lambda current: (
-            ChainState.from_json(current)
-            .after_run(result, done=done, failed_for_good={}, failed_may_retry=[])
-            .to_json()
-        )
+        lambda current: current.after_run(result, done=done, failed_for_good={}, failed_may_retry=[])
     )
 
 

@@ -107,14 +107,14 @@ def measure_summary(bench: Bench, runs: int = 2000) -> dict[str, tuple[dict[str,
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     from airflow_bettertoken.storage.locations import S3Location
-    from airflow_bettertoken.storage.run_manifest import write_manifests
+    from airflow_bettertoken.storage.run_manifest import RunManifest, write_manifests
 
     bench.s3.create_bucket(Bucket="bench-manifests")
     hook = S3Hook(aws_conn_id="aws_default")
     summary = S3Location("bench-manifests", "edited/_manifest.json")
 
-    def manifest(number: int) -> dict:
-        return {
+    def manifest(number: int) -> RunManifest:
+        document = {
             "dag_id": "bench",
             "run_id": f"run-{number}",
             "finished_at": f"2026-11-{1 + number // 100:02}T00:00:{number % 60:02}+00:00",
@@ -122,15 +122,29 @@ def measure_summary(bench: Bench, runs: int = 2000) -> dict[str, tuple[dict[str,
             "spend": {"posts": 500, "paid": 500, "images_stored": 500},
             "usage": {"total_tokens": 575_000},
             "failures": [],
-            "outputs": [{"output_uri": f"s3://bench-manifests/edited/{number}-{i}.png"} for i in range(500)],
+            "outputs": [
+                {
+                    "output_uri": f"s3://bench-manifests/edited/{number}-{i}.png",
+                    "width": 1024,
+                    "height": 1024,
+                    "requested_size": "1024x1024",
+                    "bytes": 1_500_000,
+                    "sha256": "ab" * 32,
+                    "skipped": False,
+                }
+                for i in range(500)
+            ],
         }
+        return RunManifest.load(document, "the benchmark's manifest")
 
-    first = bench.counted(lambda: write_manifests(hook, summary, manifest(1)))
+    first_manifest = manifest(1)
+    first = bench.counted(lambda: write_manifests(hook, summary, first_manifest))
     for number in range(2, runs):
         write_manifests(hook, summary, manifest(number))
     timings = []
     for number in range(runs, runs + 5):
-        counted, wall = bench.counted(lambda n=number: write_manifests(hook, summary, manifest(n)))
+        later = manifest(number)
+        counted, wall = bench.counted(lambda m=later: write_manifests(hook, summary, m))
         timings.append(wall)
     return {"first": first, "later": (counted, statistics.median(timings))}
 

@@ -31,7 +31,7 @@ def write_page(
     s3: Any, out_dir: Path, page: str, dag_id: str, run_id: str, results: list[dict], prefix: str
 ) -> Path:
     """One run's before/after page. ``prefix`` is the listed source prefix, cut from the labels."""
-    records = [EditXCom.from_xcom(result) for result in results]
+    records = [EditXCom.load(result, f"XCom of {dag_id} {run_id}") for result in results]
     rows = [
         EditRow(
             task_id="edit_image",

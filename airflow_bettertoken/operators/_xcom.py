@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from airflow_bettertoken.protocol.record import Record
+
+R = TypeVar("R", bound=Record)
 
 
 def materialize(values: Any) -> list[Any]:
@@ -16,3 +21,12 @@ def materialize(values: Any) -> list[Any]:
 def task_id_of(value: Any) -> str | None:
     """The task behind an XComArg such as ``list_task.output``; None for a plain value."""
     return getattr(getattr(value, "operator", None), "task_id", None)
+
+
+def load_records(record_class: type[R], values: Iterable[Any], key: str, task_id: str | None) -> list[R]:
+    """The records in a task's XCom values (a mapped task's: one per map index that pushed one).
+
+    :raises BetterTokenRecordError: for a value that is no such record, naming the task and the key.
+    """
+    where = f"XCom {key!r} of task {task_id or 'the edit task'!r}"
+    return [record_class.load(value, where) for value in values if value is not None]

@@ -211,7 +211,7 @@ class BetterTokenImageEditOperator(BaseOperator):
                     evidence_uri=self._evidence_uri,
                     ledger_uri=self._ledger_uri,
                 )
-                context["ti"].xcom_push(key="failure", value=failure.to_xcom())
+                context["ti"].xcom_push(key="failure", value=failure.dump())
                 raise
         xcom = dataclasses.replace(xcom, aws_conn_id=self.aws_conn_id)
         self._lineage = (xcom.source_uris, xcom.output_uri)
@@ -219,7 +219,7 @@ class BetterTokenImageEditOperator(BaseOperator):
             Stats.incr("bettertoken.output.skipped")
         else:
             self._report_asset_events(context, xcom)
-        return xcom.to_xcom()
+        return xcom.dump()
 
     def _report_asset_events(self, context: Context, xcom: EditXCom) -> None:
         """Add the written object to every ``AssetAlias`` in ``outlets``, so DAGs scheduled on it run."""

@@ -13,14 +13,15 @@ from airflow_bettertoken.exceptions import BetterTokenInputError, fail_task_on_p
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators.next_chunk import is_on
 from airflow_bettertoken.operators.preflight import preflight
-from airflow_bettertoken.storage.chain import ChainState, chain_location, progress_line
+from airflow_bettertoken.storage.chain import ChainState, chain_location, progress_line, with_window_of
 from airflow_bettertoken.storage.chunks import plan_chunk
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
-from airflow_bettertoken.storage.listing import Plan, plan_every_edit
+from airflow_bettertoken.storage.listing import COUNTS_KEY, Plan, plan_every_edit
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.objects import ImageStore
 from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
+from airflow_bettertoken.storage.typed_record import TypedRecord
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -131,9 +132,9 @@ class BetterTokenListImagesOperator(BaseOperator):
                 plan, chain = self._plan_chunk(context["ti"], source, dest, limit)
             else:
                 plan, chain = plan_every_edit(self.store, source, dest, max_edits=limit), None
-        context["ti"].xcom_push(key="counts", value=plan.counts)
+        context["ti"].xcom_push(key=COUNTS_KEY, value=plan.counts.dump())
         findings = ListingFindings.of(plan.skipped, store_check)
-        context["ti"].xcom_push(key=FINDINGS_KEY, value=findings.to_xcom())
+        context["ti"].xcom_push(key=FINDINGS_KEY, value=findings.dump())
         self.log.info("%s", progress_line(plan, chain, self.source_prefix))
         for skipped in plan.skipped[:10]:
             self.log.warning("Skipped %r: %s", skipped.key, skipped.reason)
@@ -165,32 +166,25 @@ class BetterTokenListImagesOperator(BaseOperator):
         self, ti: Any, source: S3Location, dest: S3Location, limit: int
     ) -> tuple[Plan, ChainState]:
         """This run's chunk of its chain, and the chain's record with this run's window written in."""
-        record = ConditionalRecord(
-            self.store.s3_hook,
-            chain_location(dest.bucket, ti.dag_id, ti.run_id),
-            extra_args=self.s3_extra_args,
+        record = TypedRecord(
+            ChainState,
+            ConditionalRecord(
+                self.store.s3_hook,
+                chain_location(dest.bucket, ti.dag_id, ti.run_id),
+                extra_args=self.s3_extra_args,
+            ),
         )
-        found = record.read()
         chunk = plan_chunk(
             self.store,
             source,
             dest,
             dag_id=ti.dag_id,
             run_id=ti.run_id,
-            chain=ChainState.from_json(found) if found else None,
+            chain=record.read(),
             max_edits=limit,
             replan_failed=is_on(self.replan_failed),
         )
-        window = chunk.state.window(ti.run_id)
-
-        def add_window(current: dict[str, Any] | None) -> dict[str, Any]:
-            # Only this run's window is new; the rest stays as the chain's other runs left it.
-            existing = ChainState.from_json(current) if current else None
-            if existing is None or window is None or existing.source_uri != chunk.state.source_uri:
-                return chunk.state.to_json()
-            return existing.with_window(window).to_json()
-
-        record.update(add_window)
+        record.update(lambda current: with_window_of(current, chunk.state, ti.run_id))
         return chunk.plan, chunk.state
 
     def _max_edits(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -12,18 +13,26 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
 from airflow_bettertoken.exceptions import BetterTokenError, fail_task_on_permanent_error
-from airflow_bettertoken.operators._xcom import materialize, task_id_of
-from airflow_bettertoken.operators.next_chunk import DECISION_KEY, is_on
+from airflow_bettertoken.operators._xcom import load_records, materialize, task_id_of
+from airflow_bettertoken.operators.next_chunk import DECISION_KEY, ChunkDecision, is_on
+from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.protocol.review import ReviewRecord
 from airflow_bettertoken.protocol.spend import RunSpend, run_spend
-from airflow_bettertoken.storage.chain import ChainState, RunResult, chain_location, failed_edit, run_line
-from airflow_bettertoken.storage.findings import FINDINGS_KEY
+from airflow_bettertoken.storage.chain import ChainState, chain_location, run_line
+from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
 from airflow_bettertoken.storage.ledger import read_ledgers
+from airflow_bettertoken.storage.listing import COUNTS_KEY, ListingCounts
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.review import ReviewStore, review_location
-from airflow_bettertoken.storage.run_manifest import build_run_manifest, review_manifest, write_manifests
+from airflow_bettertoken.storage.run_manifest import (
+    RunManifest,
+    build_run_manifest,
+    review_manifest,
+    write_manifests,
+)
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
+from airflow_bettertoken.storage.typed_record import TypedRecord
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -87,6 +96,7 @@ class BetterTokenManifestOperator(BaseOperator):
         super().__init__(**kwargs)
         self.edits = edits
         self.results = results
+        self.edit_task_id = task_id_of(results)
         # The failed edits' reasons, when results is an edit task's output (a mapped one resolves
         # to the values that exist, so a run without failures is no error).
         self.failures = results["failure"] if task_id_of(results) else None
@@ -111,7 +121,7 @@ class BetterTokenManifestOperator(BaseOperator):
         ti = context["ti"]
         with fail_task_on_permanent_error():
             summary = parse_s3_uri(self.manifest_uri, "manifest_uri")
-        decision = self._chain_decision(ti)
+            decision = self._chain_decision(ti)
         if self.edits is None:
             raise AirflowFailException(
                 f"Nothing was planned, so no manifest was written: task {self.listing_task_id!r} failed "
@@ -124,45 +134,53 @@ class BetterTokenManifestOperator(BaseOperator):
             for item in (review.items.values() if review else ())
             if item.reedit_of is not None and item.sources
         ]
-        manifest = build_run_manifest(
-            planned,
-            materialize(self.results),
-            materialize(self.failures),
-            listing=ti.xcom_pull(task_ids=self.listing_task_id, key="counts")
-            if self.listing_task_id
-            else None,
-            next_run_id=(decision or {}).get("next_run_id"),
-            spend=self._spend([*planned, *reedits], summary.bucket, ti),
-            findings=ti.xcom_pull(task_ids=self.listing_task_id, key=FINDINGS_KEY)
-            if self.listing_task_id
-            else None,
-        )
-        manifest = {
-            "dag_id": ti.dag_id,
-            "run_id": ti.run_id,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **manifest,
-        }
-        if review is not None:
-            manifest["review"] = review_manifest(review)
         with fail_task_on_permanent_error():
+            manifest = build_run_manifest(
+                planned,
+                load_records(EditXCom, materialize(self.results), "return_value", self.edit_task_id),
+                load_records(EditFailure, materialize(self.failures), "failure", self.edit_task_id),
+                dag_id=ti.dag_id,
+                run_id=ti.run_id,
+                finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                listing=self._counts(ti),
+                next_run_id=decision.next_run_id if decision else None,
+                spend=self._spend([*planned, *reedits], summary.bucket, ti),
+                findings=self._findings(ti),
+                review=review_manifest(review) if review is not None else None,
+            )
             run_uri = write_manifests(self.s3_hook, summary, manifest, extra_args=self._extra_args)
-        counts = manifest["counts"]
+        counts = manifest.counts
         chain = self._settle_chain(planned, manifest, context)
         self.log.info("Wrote %s and the summary %s", run_uri, self.manifest_uri)
-        self.log.info("%s", run_line(ti.run_id, manifest, chain))
-        if counts["failed"] and self.fail_on_failed_edits:
-            first = manifest["failures"][0]
+        self.log.info("%s", run_line(manifest, chain))
+        if counts.failed and self.fail_on_failed_edits:
+            first = manifest.failures[0]
             raise AirflowFailException(
-                f"{counts['failed']} of {counts['planned']} edits failed (see {run_uri}). "
-                f"First: {first['source']}: {first['error']}: {first['reason']}"
+                f"{counts.failed} of {counts.planned} edits failed (see {run_uri}). "
+                f"First: {first.source}: {first.error}: {first.reason}"
             )
         if self.next_chunk_task_id and decision is None:
             raise AirflowFailException(
                 f"Task {self.next_chunk_task_id!r} failed before deciding whether to trigger the next "
                 "chunk, so the work may have stopped early; its log says why"
             )
-        return counts
+        return dataclasses.asdict(counts)
+
+    def _from_listing(self, ti: Any, key: str) -> Any:
+        """The listing task's XCom ``key``; None without a listing task."""
+        return ti.xcom_pull(task_ids=self.listing_task_id, key=key) if self.listing_task_id else None
+
+    def _counts(self, ti: Any) -> ListingCounts | None:
+        """Where the image set stands, as the listing counted it; None when it pushed no counts."""
+        value = self._from_listing(ti, COUNTS_KEY)
+        where = f"XCom {COUNTS_KEY!r} of task {self.listing_task_id!r}"
+        return None if value is None else ListingCounts.load(value, where)
+
+    def _findings(self, ti: Any) -> ListingFindings | None:
+        """What the listing found besides its edits; None when it pushed none."""
+        value = self._from_listing(ti, FINDINGS_KEY)
+        where = f"XCom {FINDINGS_KEY!r} of task {self.listing_task_id!r}"
+        return None if value is None else ListingFindings.load(value, where)
 
     def _review(self, bucket: str, ti: Any) -> ReviewRecord | None:
         """The run's review record, read from S3 (never from XCom); None without a review gate."""
@@ -187,54 +205,37 @@ class BetterTokenManifestOperator(BaseOperator):
         return run_spend(ledgers, ti.dag_id, ti.run_id)
 
     def _settle_chain(
-        self, planned: list[Mapping[str, Any]], manifest: Mapping[str, Any], context: Context
+        self, planned: list[Mapping[str, Any]], manifest: RunManifest, context: Context
     ) -> ChainState | None:
         """Tell the chain's record what this run settled, so that its next run plans after it."""
         ti = context["ti"]
         if not planned or not self.listing_task_id:
             return None
-        written = {output["output_uri"] for output in manifest["outputs"]}
-        failures = {failure["dest"]: failure for failure in manifest["failures"]}
-        done, for_good, may_retry = [], {}, []
-        for edit in planned:
-            key = parse_s3_uri(edit["source"], "source").key
-            failure = failures.get(edit["dest"])
-            if edit["dest"] in written:
-                done.append(key)
-            elif failure and failure.get("for_good"):
-                for_good[key] = failed_edit(failure.get("error"), failure.get("reason", ""), ti.run_id)
-            else:
-                may_retry.append(key)
+        source_key_of = {edit["dest"]: parse_s3_uri(edit["source"], "source").key for edit in planned}
         started = getattr(context.get("dag_run"), "start_date", None)
-        result = RunResult(
-            run_id=ti.run_id,
-            planned=len(planned),
-            done=len(done),
-            failed=len(for_good) + len(may_retry),
-            failed_for_good=len(for_good),
-            started_at=started.timestamp() if started else None,
-            finished_at=time.time(),
-            spend=dict(manifest["spend"]),
-        )
+        started_at, finished_at = (started.timestamp() if started else None), time.time()
         bucket = parse_s3_uri(planned[0]["dest"], "dest").bucket
-        record = ConditionalRecord(
-            self.s3_hook, chain_location(bucket, ti.dag_id, ti.run_id), extra_args=self._extra_args
+        record = TypedRecord(
+            ChainState,
+            ConditionalRecord(
+                self.s3_hook, chain_location(bucket, ti.dag_id, ti.run_id), extra_args=self._extra_args
+            ),
         )
 
-        def settle(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        def settle(current: ChainState | None) -> ChainState | None:
             if current is None:
                 return None  # the listing keeps no chain (a forced re-edit of everything)
-            state = ChainState.from_json(current)
-            return state.after_run(
-                result, done=done, failed_for_good=for_good, failed_may_retry=may_retry
-            ).to_json()
+            return current.settle_run(
+                manifest, source_key_of=source_key_of, started_at=started_at, finished_at=finished_at
+            )
 
         with fail_task_on_permanent_error():
-            settled = record.update(settle)
-        return ChainState.from_json(settled) if settled else None
+            return record.update(settle)
 
-    def _chain_decision(self, ti: Any) -> dict[str, Any] | None:
+    def _chain_decision(self, ti: Any) -> ChunkDecision | None:
         """What the next-chunk task decided; None if it failed before deciding (or there is none)."""
         if not self.next_chunk_task_id:
             return None
-        return ti.xcom_pull(task_ids=self.next_chunk_task_id, key=DECISION_KEY)
+        value = ti.xcom_pull(task_ids=self.next_chunk_task_id, key=DECISION_KEY)
+        where = f"XCom {DECISION_KEY!r} of task {self.next_chunk_task_id!r}"
+        return None if value is None else ChunkDecision.load(value, where)

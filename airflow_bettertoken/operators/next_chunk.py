@@ -8,17 +8,31 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowSkipException
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
-from airflow_bettertoken.operators._xcom import materialize, task_id_of
+from airflow_bettertoken.operators._xcom import load_records, materialize, task_id_of
+from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.storage.chain import next_chunk_run_id
+from airflow_bettertoken.storage.listing import COUNTS_KEY, ListingCounts
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
-__all__ = ["BetterTokenNextChunkOperator", "is_on", "next_chunk_run_id"]
+__all__ = ["BetterTokenNextChunkOperator", "ChunkDecision", "is_on", "next_chunk_run_id"]
 
-#: The XCom key of the decision: ``{"next_run_id": ..., "reason": ...}``.
+#: The XCom key of the decision (:class:`ChunkDecision`).
 DECISION_KEY = "next_chunk"
+
+
+@record
+class ChunkDecision(Record):
+    """Whether a run triggers the next chunk's run, pushed for the manifest.
+
+    :param next_run_id: the run triggered, or None when none is.
+    :param reason: why none is, in words for the log and the manifest; empty when one is.
+    """
+
+    next_run_id: str | None
+    reason: str
 
 
 def is_on(value: Any) -> bool:
@@ -68,6 +82,7 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
         kwargs.setdefault("skip_when_already_exists", True)
         super().__init__(trigger_dag_id="{{ dag.dag_id }}", **kwargs)
         self.listing_task_id = task_id_of(edits)
+        self.edit_task_id = task_id_of(results)
         self.results = results
         # The failed edits' records, which say whether they failed for good.
         self.failures = results["failure"] if task_id_of(results) else None
@@ -76,15 +91,14 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
 
     def execute(self, context: Context) -> None:
         ti = context["ti"]
-        counts = ti.xcom_pull(task_ids=self.listing_task_id, key="counts") or {}
-        finished = sum(1 for result in map(EditXCom.from_xcom, materialize(self.results)) if result)
-        for_good = sum(
-            1
-            for failure in map(EditFailure.from_xcom, materialize(self.failures))
-            if failure and failure.for_good
-        )
-        remaining = counts.get("remaining", 0)
-        blocked = counts.get("failed_for_good", 0) + for_good
+        value = ti.xcom_pull(task_ids=self.listing_task_id, key=COUNTS_KEY)
+        where = f"XCom {COUNTS_KEY!r} of task {self.listing_task_id!r}"
+        counts = ListingCounts.load(value, where) if value is not None else None
+        finished = len(load_records(EditXCom, materialize(self.results), "return_value", self.edit_task_id))
+        failures = load_records(EditFailure, materialize(self.failures), "failure", self.edit_task_id)
+        for_good = sum(1 for failure in failures if failure.for_good)
+        remaining = counts.remaining if counts else 0
+        blocked = (counts.failed_for_good if counts else 0) + for_good
         left_alone = (
             f"; {blocked} edits failed for good and are not planned again (their reasons are in the "
             "manifests): trigger with retry_failed to try them once more"
@@ -104,7 +118,7 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
             reason = ""
         run_id = None if reason else next_chunk_run_id(ti.run_id)
         # The decision, for the manifest; a failure before this line leaves none, and the manifest says so.
-        ti.xcom_push(key=DECISION_KEY, value={"next_run_id": run_id, "reason": reason})
+        ti.xcom_push(key=DECISION_KEY, value=ChunkDecision(run_id, reason).dump())
         if reason:
             raise AirflowSkipException(reason)
         self.trigger_run_id = run_id

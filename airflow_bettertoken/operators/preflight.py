@@ -111,4 +111,4 @@ class BetterTokenPreflightOperator(BaseOperator):
         self.log.info(
             "Preflight passed: %s works and %s can be written", self.bettertoken_conn_id, self.dest_prefix
         )
-        return check.to_xcom()
+        return check.dump()

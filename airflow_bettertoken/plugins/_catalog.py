@@ -18,7 +18,11 @@ from airflow.models.renderedtifields import RenderedTaskInstanceFields
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenStorageError
+from airflow_bettertoken.exceptions import (
+    BetterTokenInputError,
+    BetterTokenRecordError,
+    BetterTokenStorageError,
+)
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 from airflow_bettertoken.plugins._images import S3Objects
 from airflow_bettertoken.storage.chain import ChainState, chain_location, chain_root
@@ -97,8 +101,8 @@ def find_catalog(
     if not read.found or read.body is None or len(read.body) > _MAX_RECORD_BYTES:
         return Catalog(None, location, "the chain record changed while it was read; load the page again")
     try:
-        state = ChainState.from_json(json.loads(read.body))
-    except (ValueError, KeyError, TypeError) as err:
+        state = ChainState.load(json.loads(read.body), location.uri)
+    except (ValueError, BetterTokenRecordError) as err:
         return Catalog(None, location, f"the chain record cannot be read ({type(err).__name__})")
     if (state.dag_id, state.root_run_id, state.dest_uri) != (dag_id, chain_root(run_id), dest.uri):
         return Catalog(None, location, "the chain record names another DAG, chain or destination")

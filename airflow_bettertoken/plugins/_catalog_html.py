@@ -11,7 +11,8 @@ from html import escape
 
 from airflow_bettertoken.plugins._catalog import Catalog
 from airflow_bettertoken.plugins._html import page_nav
-from airflow_bettertoken.storage.chain import ChainState, FailedEdit, duration
+from airflow_bettertoken.protocol.result import EditFailure
+from airflow_bettertoken.storage.chain import ChainState, duration
 
 #: Failures shown on one page of the catalog.
 FAILURES_PER_PAGE = 50
@@ -49,13 +50,13 @@ def _progress(state: ChainState) -> str:
 
 
 def _counts(state: ChainState) -> str:
-    budget = sum(1 for failure in state.failed.values() if failure.error == BUDGET_ERROR)
+    budget = sum(1 for failure in state.failed_for_good.values() if failure.error == BUDGET_ERROR)
     return _items(
         [
             ("done", _n(state.done)),
             ("remaining", _n(state.pending)),
-            ("of which to try again", _n(len(state.retry))),
-            ("failed for good", _n(len(state.failed) - budget)),
+            ("of which to try again", _n(len(state.failed_may_retry))),
+            ("failed for good", _n(len(state.failed_for_good) - budget)),
             ("blocked by the spend budget", _n(budget)),
         ]
     )
@@ -65,10 +66,10 @@ def _spend(state: ChainState) -> str:
     spend = state.spend
     return _items(
         [
-            ("POSTs", _n(spend.get("posts", 0))),
-            ("paid", _n(spend.get("paid", 0))),
-            ("maybe billed", _n(spend.get("maybe_billed", 0))),
-            ("billed without an image", _n(spend.get("billed_without_image", 0))),
+            ("POSTs", _n(spend.posts)),
+            ("paid", _n(spend.paid)),
+            ("maybe billed", _n(spend.maybe_billed)),
+            ("billed without an image", _n(spend.billed_without_image)),
         ]
     )
 
@@ -90,7 +91,7 @@ def _runs(state: ChainState, run_url: Callable[[str], str]) -> str:
         f'<td class="n">{_n(run.planned)}</td><td class="n">{_n(run.done)}</td>'
         f'<td class="n">{_n(run.failed)}</td>'
         f'<td class="n">{"" if run.seconds is None else f"{run.seconds:,.0f}"}</td>'
-        f'<td class="n">{_n(run.spend.get("posts", 0))}</td></tr>'
+        f'<td class="n">{_n(run.spend.posts)}</td></tr>'
         for run in state.runs
     )
     return f'<table class="catalog">{head}{rows}</table>'
@@ -99,14 +100,14 @@ def _runs(state: ChainState, run_url: Callable[[str], str]) -> str:
 def _failures(
     state: ChainState, page: int, page_url: Callable[[int], str], run_url: Callable[[str], str]
 ) -> str:
-    if not state.failed:
+    if not state.failed_for_good:
         return '<p class="empty">No edit of the chain failed for good.</p>'
-    keys = sorted(state.failed)
+    keys = sorted(state.failed_for_good)
     pages = max(1, math.ceil(len(keys) / FAILURES_PER_PAGE))
     page = min(page, pages)
     shown = keys[(page - 1) * FAILURES_PER_PAGE : page * FAILURES_PER_PAGE]
 
-    def row(key: str, failure: FailedEdit) -> str:
+    def row(key: str, failure: EditFailure) -> str:
         return (
             f"<tr><td>{escape(key)}</td><td>{escape(failure.error or '')}</td>"
             f'<td class="reason">{escape(failure.reason)}</td>'
@@ -114,7 +115,7 @@ def _failures(
         )
 
     head = "<tr><th>source</th><th>error</th><th>reason</th><th>run</th></tr>"
-    table = f'<table class="catalog">{head}{"".join(row(k, state.failed[k]) for k in shown)}</table>'
+    table = f'<table class="catalog">{head}{"".join(row(k, state.failed_for_good[k]) for k in shown)}</table>'
     return table + page_nav(page, pages, page_url)
 
 

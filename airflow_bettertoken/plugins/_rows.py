@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.models.renderedtifields import RenderedTaskInstanceFields
 from airflow.models.taskinstance import TaskInstance
@@ -15,10 +15,14 @@ from airflow.models.xcom import XComModel
 from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
+from airflow_bettertoken.exceptions import BetterTokenRecordError
 from airflow_bettertoken.plugins._edit_tasks import AwsConnection, EditTask, EditTaskIndex
 from airflow_bettertoken.plugins._trust import HeadMetadata, Reported, Shown, choose_connection, decide
+from airflow_bettertoken.protocol.record import Record
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.storage.locations import S3Location
+
+R = TypeVar("R", bound=Record)
 
 PAGE_SIZE = 50
 #: Which image of a task instance: its output, or one of its (at most 16) sources.
@@ -194,13 +198,24 @@ def _recorded(session: Session, dag_id: str, run_id: str, instances: list[Any]) 
     return values, {(r.task_id, r.map_index): r.rendered_fields for r in rendered}
 
 
+def _record_or_none(record_class: type[R], value: Any) -> R | None:
+    """The record in an XCom value; None when there is none, or the value is no such record (XCom can
+    be written through the REST API: the row names the value as unreadable, and shows it as text)."""
+    if value is None:
+        return None
+    try:
+        return record_class.load(value, "XCom")
+    except BetterTokenRecordError:
+        return None
+
+
 def _reported(values: Mapping[tuple[str, int, str], Any], task_id: str, map_index: int) -> Reported:
     """What the XCom reports; a value that is there but is no edit record is named, not dropped."""
     raw = {
         key: values[(task_id, map_index, key)] for key in _XCOM_KEYS if (task_id, map_index, key) in values
     }
-    result = EditXCom.from_xcom(raw.get("return_value"))
-    failure = EditFailure.from_xcom(raw.get("failure"))
+    result = _record_or_none(EditXCom, raw.get("return_value"))
+    failure = _record_or_none(EditFailure, raw.get("failure"))
     unreadable = [
         key
         for key, record in zip(_XCOM_KEYS, (result, failure), strict=True)

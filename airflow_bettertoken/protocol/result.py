@@ -7,24 +7,26 @@ result reaches all of them, and ``size_matches`` has one definition.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+from pydantic import AliasChoices, Field, computed_field
 
 from airflow_bettertoken.exceptions import BetterTokenError
+from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.wire import MODEL, EditAnswer
 
 __all__ = [
     "EditFailure",
     "EditResult",
     "EditXCom",
+    "SpilledResult",
     "existing_output_xcom",
+    "first_line",
     "made_by_metadata",
     "names_sources",
     "size_matches",
@@ -39,17 +41,6 @@ _MAX_SOURCES_METADATA = 1024
 # The same for the task instance's ids (up to 250 characters each): together with the sources, the
 # other fields (about 250 characters) and this, the metadata stays under 2 KB.
 _MAX_MADE_BY_METADATA = 600
-# What a spill record keeps besides the PNG: everything the result holds, so it comes back whole.
-_SPILLED_FIELDS = (
-    "width",
-    "height",
-    "requested_size",
-    "revised_prompt",
-    "usage",
-    "request_id",
-    "attempts",
-    "elapsed_s",
-)
 
 
 def size_matches(requested_size: str | None, width: int, height: int) -> bool | None:
@@ -102,6 +93,22 @@ def was_made_by(metadata: Mapping[str, str], ti: TaskInstanceIdentity) -> bool:
     return all(metadata.get(key) == value for key, value in made_by_metadata(ti).items())
 
 
+@record
+class SpilledResult(Record):
+    """A paid image's fields besides its PNG, kept with the image when it could not be written to its
+    output (in the spend ledger, or on the worker's disk), so that the result comes back whole."""
+
+    width: int
+    height: int
+    requested_size: str
+    revised_prompt: str | None
+    usage: dict[str, Any] | None
+    request_id: str | None
+    #: The calls the hook made for this image, in the try that got it.
+    attempts: int
+    elapsed_s: float
+
+
 @dataclass(frozen=True)
 class EditResult:
     """One generated image, fully checked, and how it was obtained."""
@@ -131,11 +138,20 @@ class EditResult:
         return hashlib.sha256(self.png).hexdigest()
 
     def to_spill_record(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _SPILLED_FIELDS}
+        """What a spilled image keeps besides its PNG (:class:`SpilledResult`), as JSON."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SpilledResult)}
+        return SpilledResult(**fields).dump()
 
     @classmethod
-    def from_spill_record(cls, png: bytes, record: Mapping[str, Any]) -> EditResult:
-        return cls(png=png, **{name: record[name] for name in _SPILLED_FIELDS})
+    def from_spill_record(
+        cls, png: bytes, document: Mapping[str, Any], where: str = "a spilled image's record"
+    ) -> EditResult:
+        """The result again, from its PNG and its :meth:`to_spill_record`.
+
+        :raises BetterTokenRecordError: when the record is not one.
+        """
+        spilled = SpilledResult.load(document, where)
+        return cls(png=png, **{f.name: getattr(spilled, f.name) for f in dataclasses.fields(SpilledResult)})
 
     def s3_metadata(
         self, prompt: str, source_uris: list[str], made_by: TaskInstanceIdentity | None = None
@@ -201,63 +217,23 @@ def existing_output_xcom(
     )
 
 
-def _conforms(value: object, hint: Any) -> bool:
-    """Whether a JSON value has the type a record's field declares: ``int``, ``str | None``, ``list[str]``."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, arg) for arg in args)
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if origin is list:
-        return isinstance(value, list) and all(_conforms(item, args[0]) for item in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
-    if isinstance(value, bool):  # JSON's true is no number
-        return hint is bool
-    return isinstance(value, (int, float)) if hint is float else isinstance(value, hint)
-
-
-_type_hints = functools.cache(typing.get_type_hints)
-
-
-def _record_from(cls: type, value: Mapping[str, Any], key_of: Mapping[str, str]) -> Any:
-    """A record from the fields of an XCom value, or None when one is missing or of another type.
-
-    XCom can be written through the REST API, so a value may hold anything JSON can.
-    """
-    hints = _type_hints(cls)
-    known = {
-        f.name: value[key_of.get(f.name, f.name)]
-        for f in dataclasses.fields(cls)
-        if key_of.get(f.name, f.name) in value
-    }
-    if not all(_conforms(field_value, hints[name]) for name, field_value in known.items()):
-        return None
-    try:
-        return cls(**known)
-    except TypeError:  # a required field is missing
-        return None
-
-
-# XCom keys that differ from the field names: ``bytes`` would shadow the builtin in the class body.
-_KEY_OF_FIELD = {"nbytes": "bytes"}
-
-
-@dataclass(frozen=True)
-class EditXCom:
+@record
+class EditXCom(Record):
     """The edit task's return value: the one definition of its XCom keys, for writers and readers.
 
     Small and JSON-safe, never image bytes. XCom can be changed through Airflow's REST API, so a
     reader must not let it decide which object is read; it is a report, not a record of truth.
+    Its JSON also holds ``bucket``, ``key`` and ``size_matches``, for people reading it in the UI.
     """
 
     output_uri: str
     width: int
     height: int
     requested_size: str | None
-    nbytes: int | None
+    #: The PNG's size in bytes (the XCom key ``bytes``).
+    nbytes: Annotated[
+        int | None, Field(validation_alias=AliasChoices("bytes", "nbytes"), serialization_alias="bytes")
+    ]
     sha256: str | None
     model: str | None
     source_uris: list[str]
@@ -275,47 +251,45 @@ class EditXCom:
     ledger_uri: str | None = None
     aws_conn_id: str | None = None
 
+    @computed_field
     @property
     def bucket(self) -> str:
         return self.output_uri.removeprefix("s3://").partition("/")[0]
 
+    @computed_field
     @property
     def key(self) -> str:
         return self.output_uri.removeprefix("s3://").partition("/")[2]
 
+    @computed_field
     @property
     def size_matches(self) -> bool | None:
         return size_matches(self.requested_size, self.width, self.height)
 
-    def to_xcom(self) -> dict[str, Any]:
-        value = {_KEY_OF_FIELD.get(f.name, f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {**value, "bucket": self.bucket, "key": self.key, "size_matches": self.size_matches}
 
-    @classmethod
-    def from_xcom(cls, value: object) -> EditXCom | None:
-        """The record from an XCom value; None when it is not one (missing, or not an edit's)."""
-        if not isinstance(value, Mapping) or not isinstance(value.get("output_uri"), str):
-            return None
-        return _record_from(cls, value, _KEY_OF_FIELD)
+@record
+class EditFailure(Record):
+    """Why one edit failed: the edit task's XCom ``failure`` (a failed task has no return value), an
+    entry of its run's manifest, and, when it failed for good, of its chain's record.
 
-
-@dataclass(frozen=True)
-class EditFailure:
-    """Why one edit failed, pushed as the edit task's XCom ``failure`` (a failed task has no return value).
-
+    :param error: the error's class, e.g. ``BetterTokenInputError``.
+    :param reason: the error's first line, cut short.
     :param for_good: no retry can help (bad input, a spent budget, a paid answer that was unusable):
         a chain of runs does not plan the edit again.
+    :param source: the edit's source URI, or URIs (None in a chain's record, which keys it by source).
+    :param run_id: the run where it failed, in a chain's record.
     :param evidence_uri: where a paid but unusable answer was kept, for the provider's support.
     """
 
-    source: Any
-    dest: Any
-    error: str | None
     reason: str
+    error: str | None = None
+    for_good: bool = False
+    source: str | list[str] | None = None
+    dest: str | None = None
+    run_id: str | None = None
     aws_conn_id: str | None = None
     evidence_uri: str | None = None
     ledger_uri: str | None = None
-    for_good: bool = False
 
     @classmethod
     def from_error(cls, source: Any, dest: Any, error: BaseException, **more: Any) -> EditFailure:
@@ -323,19 +297,18 @@ class EditFailure:
 
         Our errors say whether a retry may help; any other error might heal, so it counts as retryable.
         """
-        reason = (str(error).strip().splitlines() or [""])[0]
-        if len(reason) > _MAX_REASON_CHARS:
-            reason = reason[:_MAX_REASON_CHARS] + "..."
         for_good = isinstance(error, BetterTokenError) and not error.retryable
         return cls(
-            source=source, dest=dest, error=type(error).__name__, reason=reason, for_good=for_good, **more
+            source=source if isinstance(source, (str, list)) else None,
+            dest=dest if isinstance(dest, str) else None,
+            error=type(error).__name__,
+            reason=first_line(str(error), _MAX_REASON_CHARS),
+            for_good=for_good,
+            **more,
         )
 
-    def to_xcom(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_xcom(cls, value: object) -> EditFailure | None:
-        if not isinstance(value, Mapping) or "reason" not in value:
-            return None
-        return _record_from(cls, value, {})
+def first_line(text: str, limit: int) -> str:
+    """The first line of a message, cut to ``limit`` characters (and marked so)."""
+    line = (text.strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[:limit] + "..."

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from airflow_bettertoken.exceptions import BetterTokenError, BetterTokenInputError
+from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenRecordError
 from airflow_bettertoken.protocol.wire import SIZES, check_prompt
 
 __all__ = [
@@ -38,16 +38,11 @@ __all__ = [
     "ItemState",
     "ReviewItem",
     "ReviewRecord",
-    "ReviewRecordError",
     "RoundClose",
 ]
 
 #: The record's format. 1 (the first release candidates) had no ``name``: it is derived on load.
 FORMAT = 2
-
-
-class ReviewRecordError(BetterTokenError):
-    """A stored review record that cannot be read: the message names the object and what is wrong."""
 
 
 class Action(str, enum.Enum):
@@ -250,11 +245,11 @@ class ReviewRecord(_Part):
         """The record from its JSON document, checked.
 
         :param where: the object it was read from, for the error.
-        :raises ReviewRecordError: naming ``where`` and each field that is wrong.
+        :raises BetterTokenRecordError: naming ``where`` and each field that is wrong.
         """
         found = data.get("format") if isinstance(data, dict) else None
         if isinstance(found, int) and found > FORMAT:
-            raise ReviewRecordError(
+            raise BetterTokenRecordError(
                 f"the review record {where} has format {found}, written by a newer airflow-bettertoken "
                 f"(this one reads up to {FORMAT}): upgrade the provider where this DAG runs"
             )
@@ -264,7 +259,7 @@ class ReviewRecord(_Part):
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'the document'}: {e['msg']}" for e in err.errors()
             )
-            raise ReviewRecordError(
+            raise BetterTokenRecordError(
                 f"the review record {where} is not one airflow-bettertoken can read: {problems}"
             ) from err
 

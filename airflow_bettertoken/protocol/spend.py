@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from airflow_bettertoken.exceptions import BetterTokenConfigError
+from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.retry import Failure
 
 __all__ = [
@@ -111,7 +112,7 @@ def check_max_billed_calls(value: Any, where: str) -> int:
     return value
 
 
-@dataclass(frozen=True)
+@record
 class Holder:
     """The task instance (and try) that holds an output or sent a call."""
 
@@ -139,7 +140,7 @@ class Holder:
         return (self.dag_id, self.run_id) == (dag_id, run_id)
 
 
-@dataclass(frozen=True)
+@record
 class Attempt:
     """One call, written down before it is sent and completed when it ends.
 
@@ -169,7 +170,7 @@ class Attempt:
         return self.outcome is Outcome.MAYBE_BILLED and self.elapsed_s is not None
 
 
-@dataclass(frozen=True)
+@record
 class Refusal:
     """A call the provider refused to send, and why (``budget`` or ``run``)."""
 
@@ -178,7 +179,7 @@ class Refusal:
     why: str
 
 
-@dataclass(frozen=True)
+@record
 class Stored:
     """The image of a logical edit, written to the output."""
 
@@ -187,7 +188,7 @@ class Stored:
     by: Holder
 
 
-@dataclass(frozen=True)
+@record
 class EditEntry:
     """One logical edit of the output: the same model, prompt, size, sources and output.
 
@@ -213,7 +214,7 @@ class EditEntry:
         return next((a for a in self.attempts if a.number == number), None)
 
 
-@dataclass(frozen=True)
+@record
 class Claim:
     """Who holds the output: only the holder sends calls for it, until the claim expires."""
 
@@ -225,8 +226,8 @@ class Claim:
         return now < self.expires_at
 
 
-@dataclass(frozen=True)
-class OutputLedger:
+@record
+class OutputLedger(Record):
     """The spend ledger of one output object: its claim and every logical edit that targeted it."""
 
     output_uri: str
@@ -275,56 +276,6 @@ class OutputLedger:
     def refuse(self, edit_id: str, refusal: Refusal) -> OutputLedger:
         entry = self.entry(edit_id)
         return self.with_entry(dataclasses.replace(entry, refusals=(*entry.refusals, refusal)))
-
-    # -- the JSON shape kept in S3 --------------------------------------------------------------------
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": 1, **_to_json(self)}
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> OutputLedger:
-        claim = document.get("claim")
-        return cls(
-            output_uri=document["output_uri"],
-            claim=_claim_from_json(claim) if claim else None,
-            edits=tuple(_entry_from_json(entry) for entry in document.get("edits", ())),
-        )
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (tuple, list)):
-        return [_to_json(item) for item in value]
-    return value
-
-
-def _holder_from_json(document: Mapping[str, Any]) -> Holder:
-    return Holder(**document)
-
-
-def _claim_from_json(document: Mapping[str, Any]) -> Claim:
-    return Claim(document["token"], _holder_from_json(document["holder"]), float(document["expires_at"]))
-
-
-def _entry_from_json(document: Mapping[str, Any]) -> EditEntry:
-    stored = document.get("stored")
-    return EditEntry(
-        edit_id=document["edit_id"],
-        image_attempt=document.get("image_attempt"),
-        attempts=tuple(
-            Attempt(**{**a, "by": _holder_from_json(a["by"]), "outcome": Outcome(a["outcome"])})
-            for a in document.get("attempts", ())
-        ),
-        stored=Stored(stored["sha256"], stored["at"], _holder_from_json(stored["by"])) if stored else None,
-        spilled_uri=document.get("spilled_uri"),
-        spilled_result=document.get("spilled_result"),
-        refusals=tuple(
-            Refusal(_holder_from_json(r["by"]), r["at"], r["why"]) for r in document.get("refusals", ())
-        ),
-    )
 
 
 class Verdict(enum.Enum):
@@ -420,8 +371,8 @@ def likely_cause(attempts: Sequence[Attempt], read_timeout: float | None = None)
     )
 
 
-@dataclass(frozen=True)
-class RunBreaker:
+@record
+class RunBreaker(Record):
     """The edits of one DAG run that ended in cuts, in a row: enough of them stop the run.
 
     :param streak: edits in a row that ended in cuts, with no success between them.
@@ -462,14 +413,6 @@ class RunBreaker:
             f"were sent, so the run's remaining edits are stopped before they pay for nothing.{first}"
         )
 
-    def to_json(self) -> dict[str, Any]:
-        return {"format": 1, **_to_json(self)}
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> RunBreaker:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in document.items() if k in names})
-
 
 class SpendGuard(Protocol):
     """What the hook tells the spend ledger around every call it sends (``storage/ledger.py``)."""
@@ -490,8 +433,8 @@ class SpendGuard(Protocol):
         """Write down how the call ended; ``evidence`` is an unusable paid answer, kept for support."""
 
 
-@dataclass(frozen=True)
-class RunSpend:
+@record
+class RunSpend(Record):
     """What one DAG run spent, summed from the ledgers of the outputs it worked on."""
 
     posts: int = 0
@@ -501,14 +444,6 @@ class RunSpend:
     billed_without_image: int = 0
     stopped_by_budget: int = 0
     stopped_by_run: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any] | None) -> RunSpend:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: int(v) for k, v in (document or {}).items() if k in names})
 
     def __add__(self, other: RunSpend) -> RunSpend:
         return RunSpend(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in _FIELDS})

@@ -19,15 +19,21 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import AliasChoices, Field, TypeAdapter, field_serializer, field_validator
+
+from airflow_bettertoken.protocol.record import Record, record
+from airflow_bettertoken.protocol.result import EditFailure, first_line
+from airflow_bettertoken.protocol.spend import RunSpend
 from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
+
+if TYPE_CHECKING:
+    from airflow_bettertoken.storage.run_manifest import RunManifest
 
 __all__ = [
     "RECENT_RUNS_FOR_RATE",
     "ChainState",
-    "FailedEdit",
     "RunResult",
     "Window",
     "chain_location",
@@ -37,6 +43,7 @@ __all__ = [
     "next_chunk_run_id",
     "progress_line",
     "run_line",
+    "with_window_of",
 ]
 
 _CHUNK_SUFFIX = re.compile(r"__chunk(\d+)$")
@@ -44,6 +51,7 @@ _CHUNK_SUFFIX = re.compile(r"__chunk(\d+)$")
 RECENT_RUNS_FOR_RATE = 5
 # Kept of a failure's reason in the chain record; the run manifests keep 500 characters.
 _MAX_REASON_CHARS = 200
+_FAILURE = TypeAdapter(EditFailure)
 
 
 def chain_root(run_id: str) -> str:
@@ -66,7 +74,7 @@ def chain_location(bucket: str, dag_id: str, run_id: str) -> S3Location:
     return S3Location(bucket, f"{RESERVED_PREFIX}chains/{dag_id}/{root}.json")
 
 
-@dataclass(frozen=True)
+@record
 class Window:
     """The source keys one run looked at: after ``after``, through ``through``, plus its retried keys."""
 
@@ -76,16 +84,7 @@ class Window:
     retried: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class FailedEdit:
-    """An edit that failed for good, with its error class and reason, and the run where it did."""
-
-    error: str | None
-    reason: str
-    run_id: str
-
-
-@dataclass(frozen=True)
+@record
 class RunResult:
     """What one run of the chain settled, written by its manifest task (again, if it runs again)."""
 
@@ -96,21 +95,23 @@ class RunResult:
     failed_for_good: int
     started_at: float | None
     finished_at: float
-    spend: dict[str, int] = field(default_factory=dict)
+    spend: RunSpend = RunSpend()
 
     @property
     def seconds(self) -> float | None:
         return None if self.started_at is None else max(0.0, self.finished_at - self.started_at)
 
 
-@dataclass(frozen=True)
-class ChainState:
+@record
+class ChainState(Record):
     """Where a chain of runs stands: what its first run counted, each run's window, and what failed.
 
     :param images: the source images its first run counted.
     :param done_at_start: of them, those whose output existed already.
-    :param retry: source keys that failed and may succeed on another try: planned first.
-    :param failed: source keys that failed for good: not planned again unless asked.
+    :param failed_may_retry: source keys that failed and may succeed on another try: planned first.
+        Records written before it had this name call it ``retry``.
+    :param failed_for_good: source keys that failed for good, with why: not planned again unless
+        asked. Records written before it had this name call it ``failed``.
     """
 
     dag_id: str
@@ -120,9 +121,30 @@ class ChainState:
     images: int = 0
     done_at_start: int = 0
     windows: tuple[Window, ...] = ()
-    retry: tuple[str, ...] = ()
-    failed: Mapping[str, FailedEdit] = field(default_factory=dict)
+    failed_may_retry: Annotated[
+        tuple[str, ...], Field(validation_alias=AliasChoices("failed_may_retry", "retry"))
+    ] = ()
+    failed_for_good: Annotated[
+        dict[str, EditFailure], Field(validation_alias=AliasChoices("failed_for_good", "failed"))
+    ] = Field(default_factory=dict)
     runs: tuple[RunResult, ...] = ()
+
+    @field_validator("failed_for_good", mode="after")
+    @classmethod
+    def _all_for_good(cls, failures: dict[str, EditFailure]) -> dict[str, EditFailure]:
+        # Records written before the failures were EditFailure records do not say so: they all are.
+        return {
+            key: failure if failure.for_good else dataclasses.replace(failure, for_good=True)
+            for key, failure in failures.items()
+        }
+
+    @field_serializer("failed_for_good")
+    def _compact(self, failures: dict[str, EditFailure]) -> dict[str, dict[str, Any]]:
+        # A whole catalog's failures: each keeps only the fields it has (no source, dest or connection).
+        return {
+            key: _FAILURE.dump_python(failure, mode="json", exclude_none=True)
+            for key, failure in failures.items()
+        }
 
     @property
     def watermark(self) -> str:
@@ -136,15 +158,11 @@ class ChainState:
     @property
     def pending(self) -> int:
         """Images neither done nor failed for good: still to plan, or to try again."""
-        return max(0, self.images - self.done - len(self.failed))
+        return max(0, self.images - self.done - len(self.failed_for_good))
 
     @property
-    def spend(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for run in self.runs:
-            for name, value in run.spend.items():
-                total[name] = total.get(name, 0) + value
-        return total
+    def spend(self) -> RunSpend:
+        return sum((run.spend for run in self.runs), RunSpend())
 
     def window(self, run_id: str) -> Window | None:
         return next((w for w in self.windows if w.run_id == run_id), None)
@@ -169,60 +187,81 @@ class ChainState:
         result: RunResult,
         *,
         done: Iterable[str],
-        failed_for_good: Mapping[str, FailedEdit],
+        failed_for_good: Mapping[str, EditFailure],
         failed_may_retry: Iterable[str],
     ) -> ChainState:
         """The chain once a run's manifest settled its edits (by source key); a run settled again
         (its manifest task ran again) replaces what it settled before."""
         settled = set(done) | set(failed_for_good)
         may_retry = [key for key in failed_may_retry if key not in settled]
-        retry = [key for key in self.retry if key not in settled and key not in may_retry]
-        failed = {**self.failed, **failed_for_good}
+        retry = [key for key in self.failed_may_retry if key not in settled and key not in may_retry]
+        failed = {**self.failed_for_good, **failed_for_good}
         for key in done:
             failed.pop(key, None)  # a forced retry that worked
         runs = tuple(run for run in self.runs if run.run_id != result.run_id)
         return dataclasses.replace(
             self,
-            retry=(*retry, *may_retry),
-            failed=failed,
+            failed_may_retry=(*retry, *may_retry),
+            failed_for_good=failed,
             runs=(*runs, result),
         )
 
-    def to_json(self) -> dict[str, Any]:
-        document = dataclasses.asdict(self)
-        document["failed"] = {key: dataclasses.asdict(value) for key, value in self.failed.items()}
-        return {"format": 1, **document}
+    def settle_run(
+        self, manifest: RunManifest, *, source_key_of: Mapping[str, str], **result: Any
+    ) -> ChainState:
+        """The chain once the run of ``manifest`` settled its planned edits: done, failed for good (with
+        why), or to try again first.
 
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> ChainState:
-        return cls(
-            dag_id=document["dag_id"],
-            root_run_id=document["root_run_id"],
-            source_uri=document["source_uri"],
-            dest_uri=document["dest_uri"],
-            images=document.get("images", 0),
-            done_at_start=document.get("done_at_start", 0),
-            windows=tuple(
-                Window(w["run_id"], w["after"], w["through"], tuple(w.get("retried", ())))
-                for w in document.get("windows", ())
-            ),
-            retry=tuple(document.get("retry", ())),
-            failed={key: FailedEdit(**value) for key, value in (document.get("failed") or {}).items()},
-            runs=tuple(RunResult(**run) for run in document.get("runs", ())),
+        :param source_key_of: each planned edit's source key, by its ``dest``.
+        :param result: the :class:`RunResult` fields the manifest does not hold (``started_at``, ...).
+        """
+        written = {output.output_uri for output in manifest.outputs}
+        failures = {failure.dest: failure for failure in manifest.failures}
+        done, for_good, may_retry = [], {}, []
+        for dest, key in source_key_of.items():
+            failure = failures.get(dest)
+            if dest in written:
+                done.append(key)
+            elif failure is not None and failure.for_good:
+                for_good[key] = failed_edit(failure, manifest.run_id)
+            else:
+                may_retry.append(key)
+        run = RunResult(
+            run_id=manifest.run_id,
+            planned=len(source_key_of),
+            done=len(done),
+            failed=len(for_good) + len(may_retry),
+            failed_for_good=len(for_good),
+            spend=manifest.spend,
+            **result,
         )
+        return self.after_run(run, done=done, failed_for_good=for_good, failed_may_retry=may_retry)
+
+
+def with_window_of(current: ChainState | None, planned: ChainState, run_id: str) -> ChainState:
+    """The chain's record once the run ``run_id`` wrote in the window it planned (``planned``, from the
+    record as it read it): only that window is new, the rest stays as the chain's other runs left it.
+    A record of another catalog (or none) is replaced by ``planned``."""
+    window = planned.window(run_id)
+    if current is None or window is None or current.source_uri != planned.source_uri:
+        return planned
+    return current.with_window(window)
 
 
 def progress_line(plan: Any, chain: ChainState | None, source_uri: str) -> str:
     """One log line on where the catalog stands, what this run plans, and when it should end."""
     counts = plan.counts
     if chain is None:
-        return f"Images under {source_uri}: {counts}"
-    failed = len(chain.failed)
+        return (
+            f"Images under {source_uri}: {counts.images:,}, {counts.done:,} done, {counts.pending:,} "
+            f"pending, {counts.planned:,} planned, {counts.remaining:,} remaining"
+        )
+    failed = len(chain.failed_for_good)
     share = f" ({failed / chain.images:.1%})" if chain.images else ""
     line = (
         f"Catalog {chain.source_uri} -> {chain.dest_uri}: {chain.done:,} of {chain.images:,} done, "
-        f"{failed:,} failed for good{share}, {counts['remaining']:,} remaining after this run, "
-        f"which plans {counts['planned']:,}"
+        f"{failed:,} failed for good{share}, {counts.remaining:,} remaining after this run, "
+        f"which plans {counts.planned:,}"
     )
     rate, eta = chain.images_per_hour(), chain.eta_seconds()
     if rate is None or eta is None:
@@ -230,14 +269,14 @@ def progress_line(plan: Any, chain: ChainState | None, source_uri: str) -> str:
     return f"{line}; about {duration(eta)} left at {rate:,.0f} images an hour over the recent runs"
 
 
-def run_line(run_id: str, manifest: Mapping[str, Any], chain: ChainState | None) -> str:
+def run_line(manifest: RunManifest, chain: ChainState | None) -> str:
     """One log line on what a run did, what it spent, and where its catalog stands now."""
-    counts, spend = manifest["counts"], manifest["spend"]
-    for_good = sum(1 for failure in manifest["failures"] if failure.get("for_good"))
+    counts, spend = manifest.counts, manifest.spend
+    for_good = sum(1 for failure in manifest.failures if failure.for_good)
     line = (
-        f"Run {run_id}: {counts['planned']} planned, {counts['done']} done, {counts['skipped']} found "
-        f"done already, {counts['failed']} failed ({for_good} for good); spend: {spend['posts']} POSTs, "
-        f"{spend['paid']} paid, {spend['maybe_billed']} maybe billed, {spend['billed_without_image']} "
+        f"Run {manifest.run_id}: {counts.planned} planned, {counts.done} done, {counts.skipped} found "
+        f"done already, {counts.failed} failed ({for_good} for good); spend: {spend.posts} POSTs, "
+        f"{spend.paid} paid, {spend.maybe_billed} maybe billed, {spend.billed_without_image} "
         "billed without an image"
     )
     if chain is None:
@@ -254,8 +293,12 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def failed_edit(error: str | None, reason: str, run_id: str) -> FailedEdit:
-    """A failure as the chain keeps it: its reason cut short."""
-    if len(reason) > _MAX_REASON_CHARS:
-        reason = reason[:_MAX_REASON_CHARS] + "..."
-    return FailedEdit(error=error, reason=reason, run_id=run_id)
+def failed_edit(failure: EditFailure, run_id: str) -> EditFailure:
+    """A failure for good as the chain keeps it, by source key: its error, its reason cut short, its run."""
+    return EditFailure(
+        error=failure.error,
+        reason=first_line(failure.reason, _MAX_REASON_CHARS),
+        for_good=True,
+        run_id=run_id,
+        evidence_uri=failure.evidence_uri,
+    )

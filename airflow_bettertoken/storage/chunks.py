@@ -50,10 +50,10 @@ def plan_chunk(
     """
     if chain is None or (chain.source_uri, chain.dest_uri) != (source.uri, dest.uri):
         return _first_run(store, source, dest, dag_id, run_id, max_edits)
-    skip = set() if replan_failed else set(chain.failed)
+    skip = set() if replan_failed else set(chain.failed_for_good)
     window = chain.window(run_id)
     if window is None:  # a new run of the chain: it takes the keys after the watermark
-        again_first = (*chain.retry, *(chain.failed if replan_failed else ()))
+        again_first = (*chain.failed_may_retry, *(chain.failed_for_good if replan_failed else ()))
         retried = tuple(key for key in again_first if key not in skip)[:max_edits]
         window = Window(run_id, after=chain.watermark, through=chain.watermark, retried=retried)
         until = None
@@ -65,7 +65,7 @@ def plan_chunk(
     if until is None:
         window = dataclasses.replace(window, through=max(found.through, window.after))
     state = chain.with_window(window)
-    pending = state.pending + (len(state.failed) if replan_failed else 0)
+    pending = state.pending + (len(state.failed_for_good) if replan_failed else 0)
     plan = Plan(
         edits=edits,
         images=state.images,
@@ -73,7 +73,7 @@ def plan_chunk(
         pending=pending,
         remaining=max(0, pending - len(edits)),
         skipped=found.skipped,
-        failed_for_good=0 if replan_failed else len(state.failed),
+        failed_for_good=0 if replan_failed else len(state.failed_for_good),
     )
     return Chunk(plan, state)
 

@@ -7,9 +7,9 @@ conditional writes is on record, not only in a log.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from pydantic import computed_field
+
+from airflow_bettertoken.protocol.record import Record, record
 
 __all__ = ["FINDINGS_KEY", "MAX_REPORTED_KEYS", "ListingFindings", "SkippedKey", "StoreCheck"]
 
@@ -31,8 +31,8 @@ CANNOT_LIST = (
 )
 
 
-@dataclass(frozen=True)
-class StoreCheck:
+@record
+class StoreCheck(Record):
     """What the preflight learned about the destination, besides that it can be written.
 
     :param prefix_uri: the destination prefix that was probed.
@@ -45,6 +45,7 @@ class StoreCheck:
     conditional_writes: bool
     can_list: bool
 
+    @computed_field
     @property
     def warnings(self) -> list[str]:
         bucket = self.prefix_uri[len("s3://") :].split("/", 1)[0]
@@ -55,24 +56,8 @@ class StoreCheck:
             found.append(CANNOT_LIST.format(bucket=bucket))
         return found
 
-    def to_xcom(self) -> dict[str, Any]:
-        return {
-            "prefix_uri": self.prefix_uri,
-            "conditional_writes": self.conditional_writes,
-            "can_list": self.can_list,
-            "warnings": self.warnings,
-        }
 
-    @classmethod
-    def from_xcom(cls, value: Mapping[str, Any]) -> StoreCheck:
-        return cls(
-            prefix_uri=str(value["prefix_uri"]),
-            conditional_writes=bool(value["conditional_writes"]),
-            can_list=bool(value["can_list"]),
-        )
-
-
-@dataclass(frozen=True)
+@record
 class SkippedKey:
     """A source key the listing could not turn into an output path, and why."""
 
@@ -80,8 +65,8 @@ class SkippedKey:
     reason: str
 
 
-@dataclass(frozen=True)
-class ListingFindings:
+@record
+class ListingFindings(Record):
     """The listing's findings: the keys it skipped (at most :data:`MAX_REPORTED_KEYS` named) and the store.
 
     :param skipped_keys: the first skipped keys, in key order, each with its reason.
@@ -96,23 +81,3 @@ class ListingFindings:
     @classmethod
     def of(cls, skipped: list[SkippedKey], store: StoreCheck | None) -> ListingFindings:
         return cls(tuple(skipped[:MAX_REPORTED_KEYS]), len(skipped), store)
-
-    def to_xcom(self) -> dict[str, Any]:
-        return {
-            "skipped_keys": [{"key": s.key, "reason": s.reason} for s in self.skipped_keys],
-            "skipped_total": self.skipped_total,
-            "store": self.store.to_xcom() if self.store else None,
-        }
-
-    @classmethod
-    def from_xcom(cls, value: Mapping[str, Any] | None) -> ListingFindings:
-        if not value:
-            return cls()
-        store = value.get("store")
-        return cls(
-            skipped_keys=tuple(
-                SkippedKey(str(s["key"]), str(s["reason"])) for s in value.get("skipped_keys", [])
-            ),
-            skipped_total=int(value.get("skipped_total", 0)),
-            store=StoreCheck.from_xcom(store) if store else None,
-        )

@@ -48,6 +48,7 @@ from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
 from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.s3_io import S3IO
 from airflow_bettertoken.storage.spill import SpillDir
+from airflow_bettertoken.storage.typed_record import TypedRecord
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -93,9 +94,10 @@ def read_ledger(
     """The output's ledger as S3 has it now, or None when nothing was ever sent for it (or a 403 hides it).
 
     :param extra_args: the ``s3_extra_args`` of the edits; the GET carries their read arguments.
+    :raises BetterTokenRecordError: when the ledger is there but cannot be read.
     """
-    document = ConditionalRecord(s3_hook, ledger_location(output), extra_args=extra_args).read()
-    return OutputLedger.from_json(document) if document else None
+    record = ConditionalRecord(s3_hook, ledger_location(output), extra_args=extra_args)
+    return TypedRecord(OutputLedger, record).read()
 
 
 def read_ledgers(
@@ -146,14 +148,18 @@ class SpendLedger:
         self.read_timeout = read_timeout
         self.clock = clock
         self.token = uuid.uuid4().hex
-        self._record = ConditionalRecord(
-            s3_hook, ledger_location(output), extra_args=extra_args, timing=timing
+        self._record = TypedRecord(
+            OutputLedger,
+            ConditionalRecord(s3_hook, ledger_location(output), extra_args=extra_args, timing=timing),
         )
-        self._breaker = ConditionalRecord(
-            s3_hook,
-            breaker_location(output.bucket, holder.dag_id, holder.run_id),
-            extra_args=extra_args,
-            timing=timing,
+        self._breaker = TypedRecord(
+            RunBreaker,
+            ConditionalRecord(
+                s3_hook,
+                breaker_location(output.bucket, holder.dag_id, holder.run_id),
+                extra_args=extra_args,
+                timing=timing,
+            ),
         )
         self._lock = threading.Lock()
         self._stop_renewing = threading.Event()
@@ -322,7 +328,7 @@ class SpendLedger:
         found = self.io.get(_spill_location(self.output, self.edit_id))
         if not found.found or found.body is None:
             return None  # deleted once stored; a 403 is read as that too (no s3:ListBucket)
-        return EditResult.from_spill_record(found.body, entry.spilled_result)
+        return EditResult.from_spill_record(found.body, entry.spilled_result, f"{self.uri} (spilled_result)")
 
     def keep(self, result: EditResult, metadata: Mapping[str, str], local: SpillDir, digest: str) -> str:
         """Keep a paid image that is not in its output: in S3 beside the ledger if S3 takes it, else
@@ -370,14 +376,11 @@ class SpendLedger:
     def _change(self, change: Callable[[OutputLedger, float], OutputLedger | None]) -> None:
         """Apply a change to the latest ledger, written conditionally; the renewer and the task take turns."""
 
-        def on_document(document: dict[str, Any] | None) -> dict[str, Any] | None:
-            ledger = OutputLedger.from_json(document) if document else OutputLedger(self.output.uri)
-            changed = change(ledger, self.clock())
-            return None if changed is None else changed.to_json()
+        def on_ledger(ledger: OutputLedger | None) -> OutputLedger | None:
+            return change(ledger or OutputLedger(self.output.uri), self.clock())
 
         with self._lock:
-            document = self._record.update(on_document)
-        self.ledger = OutputLedger.from_json(document) if document else None
+            self.ledger = self._record.update(on_ledger)
 
     def _refuse(self, why: str) -> None:
         self._change(lambda ledger, now: ledger.refuse(self.edit_id, Refusal(self.holder, now, why)))
@@ -398,8 +401,7 @@ class SpendLedger:
 
     def _run_stopped(self) -> bool:
         """Read the run's breaker; if it has tripped, write this edit's refusal down."""
-        document = self._breaker.read()
-        self._breaker_state = RunBreaker.from_json(document) if document else None
+        self._breaker_state = self._breaker.read()
         if self._breaker_state is None or not self._breaker_state.tripped:
             return False
         self._refuse("run")
@@ -408,20 +410,15 @@ class SpendLedger:
     def _tell_breaker(self, cut: bool) -> None:
         diagnosis = self.diagnosis
 
-        def after_edit(document: dict[str, Any] | None) -> dict[str, Any] | None:
-            if document is None and not cut:
+        def after_edit(breaker: RunBreaker | None) -> RunBreaker | None:
+            if breaker is None and not cut:
                 return None  # nothing to reset: the run has had no cut edits
-            breaker = (
-                RunBreaker.from_json(document)
-                if document
-                else RunBreaker(self.holder.dag_id, self.holder.run_id)
-            )
+            breaker = breaker or RunBreaker(self.holder.dag_id, self.holder.run_id)
             if not cut and breaker.streak == 0:
                 return None
-            updated = breaker.after_edit(
+            return breaker.after_edit(
                 cut=cut, output_uri=self.output.uri, diagnosis=diagnosis, now=self.clock()
             )
-            return updated.to_json()
 
         self._breaker.update(after_edit)
 

@@ -8,15 +8,26 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.storage.findings import SkippedKey
 from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location, check_output_key, key_problem
 
 if TYPE_CHECKING:
     from airflow_bettertoken.storage.objects import ImageStore
 
-__all__ = ["IMAGE_SUFFIXES", "Plan", "plan_edits", "plan_every_edit", "plan_pending", "usable_sources"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ListingCounts",
+    "Plan",
+    "plan_edits",
+    "plan_every_edit",
+    "plan_pending",
+    "usable_sources",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: The listing's XCom key for its counts (:class:`ListingCounts`).
+COUNTS_KEY = "counts"
 
 
 def usable_sources(keys: Iterable[str], source: S3Location) -> tuple[list[str], list[SkippedKey]]:
@@ -63,6 +74,18 @@ def plan_edits(keys: Iterable[str], source: S3Location, dest: S3Location) -> lis
     return list(edits.values())
 
 
+@record
+class ListingCounts(Record):
+    """Where the image set stands, as the listing pushes it (XCom ``counts``); see :class:`Plan`."""
+
+    images: int
+    done: int
+    pending: int
+    remaining: int
+    planned: int
+    failed_for_good: int = 0
+
+
 @dataclass(frozen=True)
 class Plan:
     """The edits one run makes, and where the whole image set stands.
@@ -82,15 +105,15 @@ class Plan:
     failed_for_good: int = 0
 
     @property
-    def counts(self) -> dict[str, int]:
-        return {
-            "images": self.images,
-            "done": self.done,
-            "pending": self.pending,
-            "remaining": self.remaining,
-            "planned": len(self.edits),
-            "failed_for_good": self.failed_for_good,
-        }
+    def counts(self) -> ListingCounts:
+        return ListingCounts(
+            images=self.images,
+            done=self.done,
+            pending=self.pending,
+            remaining=self.remaining,
+            planned=len(self.edits),
+            failed_for_good=self.failed_for_good,
+        )
 
 
 def plan_pending(

@@ -90,7 +90,7 @@ class ReviewStore:
     def read(self) -> ReviewRecord | None:
         """The run's record, or None before its gate first ran.
 
-        :raises ReviewRecordError: naming the object and what is wrong, when it does not load.
+        :raises BetterTokenRecordError: naming the object and what is wrong, when it does not load.
         """
         return self._load(self.record.read())
 

@@ -12,21 +12,29 @@ written again (a cleared manifest task) takes its earlier figures out first.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import AliasChoices, Field
+
+from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.protocol.review import ReviewRecord
 from airflow_bettertoken.protocol.spend import RunSpend
 from airflow_bettertoken.storage.findings import ListingFindings
+from airflow_bettertoken.storage.listing import ListingCounts
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.records import ConditionalRecord
+from airflow_bettertoken.storage.typed_record import TypedRecord
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
 __all__ = [
+    "RunManifest",
+    "Summary",
     "build_run_manifest",
     "fold_into_summary",
     "review_manifest",
@@ -34,188 +42,302 @@ __all__ = [
     "write_manifests",
 ]
 
-#: The review counts the summary sums over runs.
-REVIEW_COUNTS = ("approved", "rejected", "reedited", "published")
-
 RUNS_FOLDER = "_manifests/"
+# Runs whose figures the summary keeps one by one, for the latest run and throughput over recent runs.
+RECENT_RUNS = 20
+# A failure the edit task left no record of (it died, or was never run).
+_NO_RECORD = "the task left no record"
 
 
-def _sum_usage(into: dict[str, int], usage: Mapping[str, Any] | None) -> None:
+@record
+class RunCounts:
+    """A run's edits: planned, done (paid for and written), skipped (found done already), failed."""
+
+    planned: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+@record
+class SizeMismatch:
+    """An output whose size is not the one requested."""
+
+    output_uri: str
+    requested_size: str | None
+    width: int
+    height: int
+
+
+@record
+class ManifestOutput:
+    """An output the run made or found done, as its edit task reported it."""
+
+    output_uri: str
+    width: int
+    height: int
+    requested_size: str | None
+    #: The PNG's size in bytes (the key ``bytes``).
+    nbytes: Annotated[
+        int | None, Field(validation_alias=AliasChoices("bytes", "nbytes"), serialization_alias="bytes")
+    ]
+    sha256: str | None
+    skipped: bool
+
+
+@record
+class ReviewedImage:
+    """One image of a run's review, and its history of decisions (the review record's own JSON)."""
+
+    key: str
+    round: int
+    state: str
+    published_uri: str | None
+    reedit_of: str | None
+    prompt: str | None
+    history: list[dict[str, Any]]
+
+
+@record
+class ReviewSection:
+    """A run's review in its manifest: the counts, how each round closed, every image's history."""
+
+    counts: dict[str, int]
+    rounds: list[dict[str, Any]]
+    images: list[ReviewedImage]
+
+
+@record
+class RunManifest(Record):
+    """What one run did: ``_manifests/<run id>.json``, written by its manifest task.
+
+    :param listing: the listing's ``counts`` XCom (``images``, ``done``, ``pending``, ...), if known.
+    :param remaining: images the listing left for later runs.
+    :param next_run_id: the run that continues this one, when the work goes on in chunks.
+    :param spend: what the run spent, from the spend ledgers of its outputs (never from XCom).
+    :param usage: the API's token counts, summed over the run's paid images.
+    :param findings: what the listing found besides its edits; None when it pushed none.
+    """
+
+    dag_id: str
+    run_id: str
+    finished_at: str
+    counts: RunCounts
+    listing: ListingCounts | None = None
+    remaining: int | None = None
+    next_run_id: str | None = None
+    spend: RunSpend = RunSpend()
+    usage: dict[str, int] = Field(default_factory=dict)
+    size_mismatches: list[SizeMismatch] = Field(default_factory=list)
+    failures: list[EditFailure] = Field(default_factory=list)
+    outputs: list[ManifestOutput] = Field(default_factory=list)
+    findings: ListingFindings | None = None
+    review: ReviewSection | None = None
+
+
+@record
+class ReviewTotals:
+    """Review decisions summed over runs."""
+
+    approved: int = 0
+    rejected: int = 0
+    reedited: int = 0
+    published: int = 0
+
+    def __add__(self, other: ReviewTotals) -> ReviewTotals:
+        return ReviewTotals(*(a + b for a, b in zip(_values(self), _values(other), strict=True)))
+
+    def __sub__(self, other: ReviewTotals) -> ReviewTotals:
+        return ReviewTotals(*(a - b for a, b in zip(_values(self), _values(other), strict=True)))
+
+
+def _values(totals: ReviewTotals) -> list[int]:
+    return [getattr(totals, f.name) for f in dataclasses.fields(totals)]
+
+
+@record
+class Contribution:
+    """What one run adds to the summary's totals; kept with the run, to take it out if it is written again."""
+
+    images_done: int = 0
+    spend: RunSpend = RunSpend()
+    usage: dict[str, int] = Field(default_factory=dict)
+    review: ReviewTotals = ReviewTotals()
+
+
+@record
+class RunBrief:
+    """A run as the summary names it."""
+
+    run_id: str
+    finished_at: str | None = None
+    counts: RunCounts = RunCounts()
+    remaining: int | None = None
+    next_run_id: str | None = None
+    #: Not known to the manifest task; kept for the summary's readers.
+    started_at: str | None = None
+
+
+@record
+class RecentRun(RunBrief):
+    """One of the recent runs the summary keeps, with what it added."""
+
+    counted: Contribution = Contribution()
+
+
+@record
+class Summary(Record):
+    """Every run's edits, spend and usage, summed: ``_manifest.json``, a running total that each run
+    adds itself to with one conditional write. Format 1 summaries were rebuilt from every manifest."""
+
+    FORMAT = 2
+
+    runs: int = 0
+    images_done: int = 0
+    spend: RunSpend = RunSpend()
+    usage: dict[str, int] = Field(default_factory=dict)
+    review: ReviewTotals = ReviewTotals()
+    latest_run: RunBrief | None = None
+    last_failures: list[EditFailure] = Field(default_factory=list)
+    recent_runs: list[RecentRun] = Field(default_factory=list)
+
+
+def _add_usage(into: dict[str, int], usage: Mapping[str, Any] | None, sign: int = 1) -> None:
+    """Sum the whole-number token counts (nested details are left out)."""
     for name, value in (usage or {}).items():
         if isinstance(value, int) and not isinstance(value, bool):
-            into[name] = into.get(name, 0) + value
+            into[name] = into.get(name, 0) + sign * value
 
 
 def build_run_manifest(
     edits: Iterable[Mapping[str, str]],
-    results: Iterable[Mapping[str, Any] | None],
-    failures: Iterable[Mapping[str, Any] | None] = (),
+    results: Iterable[EditXCom],
+    failures: Iterable[EditFailure] = (),
     *,
-    listing: Mapping[str, int] | None = None,
+    dag_id: str,
+    run_id: str,
+    finished_at: str,
+    listing: ListingCounts | None = None,
     next_run_id: str | None = None,
     spend: RunSpend | None = None,
-    findings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Reduce one run's planned edits and its edit tasks' XCom into a JSON-safe manifest.
+    findings: ListingFindings | None = None,
+    review: ReviewSection | None = None,
+) -> RunManifest:
+    """Reduce one run's planned edits and its edit tasks' XCom into its manifest.
 
     :param edits: the planned ``{"source", "dest"}`` pairs, as the listing returned them.
-    :param results: the edit tasks' return values; a failed task has none, so it counts as failed.
-    :param failures: the failed edit tasks' ``failure`` XCom (:class:`EditFailure`).
+    :param results: the edit tasks' return values; a planned edit without one counts as failed.
+    :param failures: the failed edit tasks' ``failure`` XCom, which says why.
     :param listing: the listing's counts (``images``, ``done``, ``pending``, ``remaining``), if known.
     :param next_run_id: the run that continues this one, when the work goes on in chunks.
     :param spend: what the run spent, from the spend ledgers of its outputs (never from XCom).
-    :param findings: the listing's ``findings`` XCom (:class:`ListingFindings`): the keys it skipped and
-        what the preflight found about the store; None when the listing pushed none.
+    :param findings: the listing's findings: the keys it skipped and what the preflight found about the
+        store; None when the listing pushed none.
     """
     planned = list(edits)
-    finished = [r for r in map(EditXCom.from_xcom, results) if r]
+    finished = list(results)
     written = {r.output_uri for r in finished}
-    reasons = {f.dest: f for f in map(EditFailure.from_xcom, failures) if f}
+    reasons = {f.dest: f for f in failures}
     usage: dict[str, int] = {}
     for result in finished:
-        _sum_usage(usage, result.usage)
-    failed = [e for e in planned if e["dest"] not in written]
+        _add_usage(usage, result.usage)
     skipped = sum(1 for r in finished if r.skipped)
-    return {
-        "counts": {
-            "planned": len(planned),
-            "done": len(finished) - skipped,
-            "skipped": skipped,
-            "failed": len(failed),
-        },
-        "listing": dict(listing) if listing else None,
-        "remaining": listing.get("remaining") if listing else None,
-        "next_run_id": next_run_id,
-        "spend": (spend or RunSpend()).to_json(),
-        "usage": usage,
-        "size_mismatches": [
-            {
-                "output_uri": r.output_uri,
-                "requested_size": r.requested_size,
-                "width": r.width,
-                "height": r.height,
-            }
+    failed = [e for e in planned if e["dest"] not in written]
+    return RunManifest(
+        dag_id=dag_id,
+        run_id=run_id,
+        finished_at=finished_at,
+        counts=RunCounts(
+            planned=len(planned), done=len(finished) - skipped, skipped=skipped, failed=len(failed)
+        ),
+        listing=listing,
+        remaining=listing.remaining if listing else None,
+        next_run_id=next_run_id,
+        spend=spend or RunSpend(),
+        usage=usage,
+        size_mismatches=[
+            SizeMismatch(r.output_uri, r.requested_size, r.width, r.height)
             for r in finished
             if r.size_matches is False
         ],
-        "failures": [
-            _failure_entry(reasons.get(e["dest"]))
-            or {
-                "source": e["source"],
-                "dest": e["dest"],
-                "error": None,
-                "reason": "the task left no record",
-                "for_good": False,
-            }
+        failures=[
+            reasons.get(e["dest"])
+            or EditFailure(source=e["source"], dest=e["dest"], error=None, reason=_NO_RECORD)
             for e in failed
         ],
-        "outputs": [
-            {
-                "output_uri": r.output_uri,
-                "width": r.width,
-                "height": r.height,
-                "requested_size": r.requested_size,
-                "bytes": r.nbytes,
-                "sha256": r.sha256,
-                "skipped": r.skipped,
-            }
+        outputs=[
+            ManifestOutput(r.output_uri, r.width, r.height, r.requested_size, r.nbytes, r.sha256, r.skipped)
             for r in sorted(finished, key=lambda r: r.output_uri)
         ],
-        "findings": ListingFindings.from_xcom(findings).to_xcom() if findings is not None else None,
-    }
+        findings=findings,
+        review=review,
+    )
 
 
-def review_manifest(review: ReviewRecord) -> dict[str, Any]:
+def review_manifest(review: ReviewRecord) -> ReviewSection:
     """A run's review for its manifest: the counts, how each round closed, and every image's history."""
-    return {
-        "counts": review.counts(),
-        "rounds": [close.model_dump(mode="json") for close in review.rounds],
-        "images": [
-            {
-                "key": item.key,
-                "round": item.round,
-                "state": item.state.value,
-                "published_uri": item.published_uri,
-                "reedit_of": item.reedit_of,
-                "prompt": item.prompt,
-                "history": [decision.model_dump(mode="json") for decision in item.history],
-            }
+    return ReviewSection(
+        counts=review.counts(),
+        rounds=[close.model_dump(mode="json") for close in review.rounds],
+        images=[
+            ReviewedImage(
+                key=item.key,
+                round=item.round,
+                state=item.state.value,
+                published_uri=item.published_uri,
+                reedit_of=item.reedit_of,
+                prompt=item.prompt,
+                history=[decision.model_dump(mode="json") for decision in item.history],
+            )
             for item in sorted(review.items.values(), key=lambda i: i.key)
         ],
-    }
+    )
 
 
-def _failure_entry(failure: EditFailure | None) -> dict[str, Any] | None:
-    if failure is None:
-        return None
-    return {
-        "source": failure.source,
-        "dest": failure.dest,
-        "error": failure.error,
-        "reason": failure.reason,
-        "for_good": failure.for_good,
-    }
-
-
-# Runs whose figures the summary keeps one by one, for the latest run and throughput over recent runs.
-RECENT_RUNS = 20
-
-
-def _contribution(run: Mapping[str, Any]) -> dict[str, Any]:
+def _contribution(run: RunManifest) -> Contribution:
     """What one run adds to the summary's totals."""
-    review = (run.get("review") or {}).get("counts") or {}
-    return {
-        "images_done": run["counts"]["done"],
-        "spend": RunSpend.from_json(run.get("spend")).to_json(),
-        "usage": dict(run.get("usage") or {}),
-        "review": {name: int(review.get(name, 0)) for name in REVIEW_COUNTS},
-    }
+    counts = run.review.counts if run.review else {}
+    return Contribution(
+        images_done=run.counts.done,
+        spend=run.spend,
+        usage=dict(run.usage),
+        review=ReviewTotals(**{f.name: counts.get(f.name, 0) for f in dataclasses.fields(ReviewTotals)}),
+    )
 
 
-def fold_into_summary(
-    summary: Mapping[str, Any] | None, run: Mapping[str, Any], previous: Mapping[str, Any] | None
-) -> dict[str, Any]:
+def fold_into_summary(summary: Summary | None, run: RunManifest, previous: RunManifest | None) -> Summary:
     """The summary with ``run`` counted once: a run counted before (``previous``, its earlier manifest,
     or its entry among the recent runs) is taken out first. Pure, so a conditional write can redo it."""
-    summary = summary or {}
-    recent = [r for r in summary.get("recent_runs", []) if r["run_id"] != run["run_id"]]
-    counted = next(
-        (r["counted"] for r in summary.get("recent_runs", []) if r["run_id"] == run["run_id"]), None
-    )
+    summary = summary or Summary()
+    recent = [r for r in summary.recent_runs if r.run_id != run.run_id]
+    counted = next((r.counted for r in summary.recent_runs if r.run_id == run.run_id), None)
     if counted is None and previous is not None:
         counted = _contribution(previous)
+    taken = counted or Contribution()
     added = _contribution(run)
-    usage = dict(summary.get("usage") or {})
-    _sum_usage(usage, added["usage"])
-    for name, value in ((counted or {}).get("usage") or {}).items():
-        usage[name] = usage.get(name, 0) - value
-    spend = RunSpend.from_json(summary.get("spend")) + RunSpend.from_json(added["spend"])
-    spend -= RunSpend.from_json((counted or {}).get("spend"))
-    review = dict(summary.get("review") or {})
-    for name in REVIEW_COUNTS:
-        taken = ((counted or {}).get("review") or {}).get(name, 0)
-        review[name] = review.get(name, 0) + added["review"][name] - taken
-    brief = {
-        key: run.get(key)
-        for key in ("run_id", "started_at", "finished_at", "counts", "remaining", "next_run_id")
-    }
-    recent = sorted([*recent, {**brief, "counted": added}], key=lambda r: r.get("finished_at") or "")
+    usage = dict(summary.usage)
+    _add_usage(usage, added.usage)
+    _add_usage(usage, taken.usage, sign=-1)
+    brief = RecentRun(
+        run_id=run.run_id,
+        finished_at=run.finished_at,
+        counts=run.counts,
+        remaining=run.remaining,
+        next_run_id=run.next_run_id,
+        counted=added,
+    )
+    recent = sorted([*recent, brief], key=lambda r: r.finished_at or "")
     latest = recent[-1]
-    return {
-        "format": 2,
-        "runs": summary.get("runs", 0) + (counted is None),
-        "images_done": summary.get("images_done", 0)
-        + added["images_done"]
-        - (counted or {}).get("images_done", 0),
-        "spend": spend.to_json(),
-        "usage": usage,
-        "review": review,
-        "latest_run": {k: v for k, v in latest.items() if k != "counted"},
-        "last_failures": run.get("failures", [])
-        if latest["run_id"] == run["run_id"]
-        else summary.get("last_failures", []),
-        "recent_runs": recent[-RECENT_RUNS:],
-    }
+    return Summary(
+        runs=summary.runs + (counted is None),
+        images_done=summary.images_done + added.images_done - taken.images_done,
+        spend=summary.spend + added.spend - taken.spend,
+        usage=usage,
+        review=summary.review + added.review - taken.review,
+        latest_run=RunBrief(**{f.name: getattr(latest, f.name) for f in dataclasses.fields(RunBrief)}),
+        last_failures=run.failures if latest.run_id == run.run_id else summary.last_failures,
+        recent_runs=recent[-RECENT_RUNS:],
+    )
 
 
 def run_manifest_key(summary: S3Location, run_id: str) -> S3Location:
@@ -227,17 +349,17 @@ def run_manifest_key(summary: S3Location, run_id: str) -> S3Location:
 def write_manifests(
     s3_hook: S3Hook,
     summary: S3Location,
-    run_manifest: Mapping[str, Any],
+    run_manifest: RunManifest,
     *,
     extra_args: Mapping[str, Any] | None = None,
 ) -> str:
     """Write this run's manifest and add it to the summary: four requests, however many runs came
     before. Returns the run manifest's URI."""
-    location = run_manifest_key(summary, run_manifest["run_id"])
-    run_record = ConditionalRecord(s3_hook, location, extra_args=extra_args)
+    location = run_manifest_key(summary, run_manifest.run_id)
+    run_record = TypedRecord(RunManifest, ConditionalRecord(s3_hook, location, extra_args=extra_args))
     previous = run_record.read()
-    run_record.update(lambda _: dict(run_manifest))
-    ConditionalRecord(s3_hook, summary, extra_args=extra_args).update(
+    run_record.update(lambda _: run_manifest)
+    TypedRecord(Summary, ConditionalRecord(s3_hook, summary, extra_args=extra_args)).update(
         lambda current: fold_into_summary(current, run_manifest, previous)
     )
     return location.uri

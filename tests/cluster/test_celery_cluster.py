@@ -144,7 +144,7 @@ def waits_in_triggerer(cluster: Cluster, run_id: str) -> list[float]:
 def ledgers(s3, prefix: str) -> list[OutputLedger]:
     """The spend ledgers of the outputs under ``prefix``."""
     found = outputs(s3, f"_bettertoken/ledger/{prefix}")
-    return [OutputLedger.from_json(json.loads(body)) for body in found.values()]
+    return [OutputLedger.load(json.loads(body), key) for key, body in found.items()]
 
 
 def run_manifest(found: dict[str, bytes], prefix: str, run_id: str) -> dict:

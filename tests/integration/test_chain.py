@@ -52,8 +52,19 @@ class RunStub:
         return [value for _, value in found]
 
 
-def run_chunk(buckets, run_id: str, *, max_edits: int, aws_conn_id: str = "aws_default", **listing) -> dict:
-    """One run of the chain: list, edit each planned image, write the manifest. Its counts and POSTs."""
+def run_chunk(
+    buckets,
+    run_id: str,
+    *,
+    max_edits: int,
+    aws_conn_id: str = "aws_default",
+    edit: dict | None = None,
+    **listing,
+) -> dict:
+    """One run of the chain: list, edit each planned image, write the manifest. Its counts and POSTs.
+
+    :param edit: more arguments of the edit operator (``size``, ...).
+    """
     run = RunStub(run_id)
     lister = BetterTokenListImagesOperator(
         task_id="list_images",
@@ -66,8 +77,8 @@ def run_chunk(buckets, run_id: str, *, max_edits: int, aws_conn_id: str = "aws_d
     )
     edits = lister.execute(run.context("list_images"))
     run.xcoms[("list_images", -1, "return_value")] = edits
-    for index, edit in enumerate(edits):
-        op = BetterTokenImageEditOperator(task_id="edit_image", prompt="p", **edit)
+    for index, planned in enumerate(edits):
+        op = BetterTokenImageEditOperator(task_id="edit_image", prompt="p", **planned, **(edit or {}))
         # A failed edit leaves its failure record in XCom, as in a real run.
         with contextlib.suppress(AirflowFailException):
             run.xcoms[("edit_image", index, "return_value")] = op.execute(run.context("edit_image", index))
@@ -88,7 +99,7 @@ def run_chunk(buckets, run_id: str, *, max_edits: int, aws_conn_id: str = "aws_d
 
 def chain_state(s3, buckets, root: str) -> ChainState:
     body = s3.get_object(Bucket=buckets.out, Key=f"_bettertoken/chains/{DAG_ID}/{root}.json")["Body"].read()
-    return ChainState.from_json(json.loads(body))
+    return ChainState.load(json.loads(body), root)
 
 
 @pytest.fixture
@@ -117,9 +128,9 @@ def test_a_chain_whose_first_images_fail_edits_every_good_image_and_ends(s3, buc
     outputs = s3.list_objects_v2(Bucket=buckets.out, Prefix="edited/item-")["Contents"]
     assert sorted(o["Key"] for o in outputs) == [f"edited/item-{n}.png" for n in range(3, 7)]
     state = chain_state(s3, buckets, "chain")
-    assert sorted(state.failed) == [f"catalog/item-{n}.png" for n in range(3)]
-    assert all(failure.error == "BetterTokenInputError" for failure in state.failed.values())
-    assert (state.done, state.pending, state.retry) == (4, 0, ())
+    assert sorted(state.failed_for_good) == [f"catalog/item-{n}.png" for n in range(3)]
+    assert all(failure.error == "BetterTokenInputError" for failure in state.failed_for_good.values())
+    assert (state.done, state.pending, state.failed_may_retry) == (4, 0, ())
 
 
 def test_a_cleared_run_plans_its_own_window_again_without_duplicates(s3, buckets, emulator, catalog):
@@ -147,7 +158,7 @@ def test_retry_failed_plans_the_failed_edits_again(s3, buckets, emulator, catalo
     assert (nothing["planned"], nothing["failed_for_good"]) == (0, 3)
     forced = run_chunk(buckets, "chain__chunk3", max_edits=10, replan_failed=True)
     assert forced["planned"] == 3 and emulator.stats()["posts"] == 7
-    assert chain_state(s3, buckets, "chain").failed == {}
+    assert chain_state(s3, buckets, "chain").failed_for_good == {}
 
 
 def test_later_runs_list_only_after_the_watermark(s3, buckets, emulator, faulty_s3):

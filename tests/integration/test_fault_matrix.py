@@ -157,7 +157,7 @@ def ledger_billed_calls(s3: Any, bucket: str) -> int:
     """The calls that may have been billed, as the spend ledgers in the output bucket counted them."""
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{RESERVED_PREFIX}ledger/").get("Contents", [])
     ledgers = [json.loads(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()) for item in listed]
-    return sum(entry.billed_calls for doc in ledgers for entry in OutputLedger.from_json(doc).edits)
+    return sum(entry.billed_calls for doc in ledgers for entry in OutputLedger.load(doc, "a ledger").edits)
 
 
 @pytest.fixture
@@ -363,8 +363,11 @@ def test_24_task_killed_mid_request_then_retried(s3, buckets, emulator, task_con
     assert first["idempotency_key"] == retry["idempotency_key"], "the retry must send the same key"
     assert time.monotonic() - killed_at >= 3
     [ledger] = [
-        OutputLedger.from_json(
-            json.loads(s3.get_object(Bucket=buckets.out, Key="_bettertoken/ledger/a.png.json")["Body"].read())
+        OutputLedger.load(
+            json.loads(
+                s3.get_object(Bucket=buckets.out, Key="_bettertoken/ledger/a.png.json")["Body"].read()
+            ),
+            "a.png's ledger",
         )
     ]
     [entry] = ledger.edits

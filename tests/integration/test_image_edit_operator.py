@@ -18,7 +18,7 @@ JPEG = sample_image(200, 300, "jpg", seed=1)
 XCOM_KEYS = {
     "output_uri", "bucket", "key", "width", "height", "requested_size", "size_matches", "bytes", "sha256",
     "model", "source_uris", "revised_prompt", "usage", "request_id", "attempts", "elapsed_s", "skipped",
-    "aws_conn_id", "billed_calls", "ledger_uri",
+    "aws_conn_id", "billed_calls", "ledger_uri", "format",
 }  # fmt: skip
 
 

@@ -69,6 +69,7 @@ def test_the_listing_plans_the_first_pending_edits_in_key_order_from_lists_alone
         "planned": 1000,
         "remaining": 2500,
         "failed_for_good": 0,
+        "format": 1,
     }
     lists = [path for method, path in faulty_s3.requests if method == "GET" and "list-type=2" in path]
     others = [request for request in faulty_s3.requests if request[1] not in lists]
@@ -100,6 +101,7 @@ def test_a_finished_catalog_plans_nothing(catalog, s3, emulator, faulty_s3, task
         "planned": 0,
         "remaining": 0,
         "failed_for_good": 0,
+        "format": 1,
     }
 
 

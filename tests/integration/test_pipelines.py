@@ -162,6 +162,7 @@ def test_a_listing_over_max_map_length_plans_a_chunk_and_counts_the_rest(
         "planned": 3,
         "remaining": 1,
         "failed_for_good": 0,
+        "format": 1,
     }
 
 

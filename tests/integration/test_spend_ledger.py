@@ -28,7 +28,7 @@ def context_of(run_id: str, try_number: int = 1) -> dict[str, Any]:
 
 def ledger_of(s3, bucket: str, key: str = "a.png") -> OutputLedger:
     body = s3.get_object(Bucket=bucket, Key=f"_bettertoken/ledger/{key}.json")["Body"].read()
-    return OutputLedger.from_json(json.loads(body))
+    return OutputLedger.load(json.loads(body), key)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
 from airflow_bettertoken.storage.findings import ListingFindings, SkippedKey, StoreCheck
-from airflow_bettertoken.storage.listing import plan_edits, plan_pending, usable_sources
+from airflow_bettertoken.storage.listing import ListingCounts, plan_edits, plan_pending, usable_sources
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 
 
@@ -108,14 +108,9 @@ def test_a_plan_skips_bad_keys_and_counts_only_the_images_it_can_use():
         max_edits=10,
     )
     assert [e["source"] for e in plan.edits] == ["s3://src/in/d.png"]
-    assert plan.counts == {
-        "images": 2,
-        "done": 1,
-        "pending": 1,
-        "remaining": 0,
-        "planned": 1,
-        "failed_for_good": 0,
-    }
+    assert plan.counts == ListingCounts(
+        images=2, done=1, pending=1, remaining=0, planned=1, failed_for_good=0
+    )
     assert [s.key for s in plan.skipped] == ["in/../c.jpg", "in//b.jpg"]
 
 
@@ -135,8 +130,8 @@ def test_findings_survive_xcom_and_name_at_most_a_hundred_keys():
     skipped = [SkippedKey(f"in//{n}.jpg", "why") for n in range(150)]
     store = StoreCheck("s3://dst/out/", conditional_writes=False, can_list=True)
     findings = ListingFindings.of(skipped, store)
-    copy = ListingFindings.from_xcom(json.loads(json.dumps(findings.to_xcom())))
+    copy = ListingFindings.load(json.loads(json.dumps(findings.dump())), "findings")
     assert copy == findings
     assert (len(copy.skipped_keys), copy.skipped_total) == (100, 150)
-    [warning] = findings.to_xcom()["store"]["warnings"]
+    [warning] = findings.dump()["store"]["warnings"]
     assert "ignores conditional writes" in warning and "duplicates and overwrites are possible" in warning

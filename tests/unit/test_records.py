@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenRecordError
 from airflow_bettertoken.protocol.result import (
     EditFailure,
     EditResult,
@@ -44,36 +44,50 @@ RESULT = EditResult(
 
 
 def test_the_xcom_record_round_trips_through_json():
-    value = json.loads(json.dumps(XCOM.to_xcom()))
+    value = json.loads(json.dumps(XCOM.dump()))
     assert (value["bucket"], value["key"], value["bytes"], value["size_matches"]) == (
         "out",
         "edited/mug.png",
         1234,
         False,
     )
-    assert EditXCom.from_xcom(value) == XCOM
+    assert EditXCom.load(value, "XCom") == XCOM
 
 
 @pytest.mark.parametrize(
-    "value",
-    [None, "s3://out/x.png", [], {}, {"output_uri": 7}, {"output_uri": "s3://out/x.png"}],
-    ids=["none", "a-string", "a-list", "empty", "uri-not-text", "required-fields-missing"],
+    ("value", "problem"),
+    [
+        ("s3://out/x.png", "it holds str, not a JSON object"),
+        ([], "it holds list, not a JSON object"),
+        ({}, "output_uri: Field required"),
+        ({"output_uri": 7}, "output_uri: Input should be a valid string (got 7)"),
+        ({"output_uri": "s3://out/x.png"}, "width: Field required"),
+    ],
+    ids=["a-string", "a-list", "empty", "uri-not-text", "required-fields-missing"],
 )
-def test_what_is_not_an_edit_record_reads_as_none(value):
-    assert EditXCom.from_xcom(value) is None
+def test_what_is_not_an_edit_record_is_an_error_naming_the_xcom_and_the_problem(value, problem):
+    with pytest.raises(BetterTokenRecordError, match="XCom 'return_value' of task 'edit'") as info:
+        EditXCom.load(value, "XCom 'return_value' of task 'edit'")
+    assert problem in str(info.value)
 
 
 def test_a_reader_ignores_keys_it_does_not_know():
-    assert EditXCom.from_xcom({**XCOM.to_xcom(), "added_later": 1}) == XCOM
+    assert EditXCom.load({**XCOM.dump(), "added_later": 1}, "XCom") == XCOM
+
+
+def test_a_record_of_a_later_format_asks_for_an_upgrade():
+    with pytest.raises(BetterTokenRecordError, match=r"written by a later release .* upgrade it"):
+        EditXCom.load({**XCOM.dump(), "format": 2}, "XCom")
 
 
 def test_the_failure_record_keeps_the_first_line_of_the_error_cut_short():
     failure = EditFailure.from_error(
         "s3://in/a.png", "s3://out/", BetterTokenInputError("x" * 600 + "\nmore")
     )
-    assert (failure.error, len(failure.reason)) == ("BetterTokenInputError", 503)
-    assert EditFailure.from_xcom(json.loads(json.dumps(failure.to_xcom()))) == failure
-    assert EditFailure.from_xcom({"source": "s3://in/a.png"}) is None
+    assert (failure.error, len(failure.reason), failure.for_good) == ("BetterTokenInputError", 503, True)
+    assert EditFailure.load(json.loads(json.dumps(failure.dump())), "XCom") == failure
+    with pytest.raises(BetterTokenRecordError, match="reason: Field required"):
+        EditFailure.load({"source": "s3://in/a.png"}, "XCom")
     assert dataclasses.replace(failure, evidence_uri="s3://out/_bettertoken/evidence/a").evidence_uri
 
 
@@ -84,6 +98,7 @@ def test_the_failure_record_keeps_the_first_line_of_the_error_cut_short():
         {"source_uris": 7},
         {"source_uris": ["s3://in/a.png", 7]},
         {"width": True},
+        {"width": "1000"},
         {"usage": ["not", "a", "dict"]},
         {"aws_conn_id": {"conn": "x"}},
     ],
@@ -92,18 +107,33 @@ def test_the_failure_record_keeps_the_first_line_of_the_error_cut_short():
         "sources-a-number",
         "a-source-a-number",
         "width-a-bool",
+        "width-as-text",
         "usage-a-list",
         "conn-a-dict",
     ],
 )
 def test_a_value_of_another_type_is_no_record(forged):
     """XCom can be written through the REST API: a field of the wrong type must not reach a reader."""
-    assert EditXCom.from_xcom({**XCOM.to_xcom(), **forged}) is None
+    [field] = forged
+    with pytest.raises(BetterTokenRecordError, match=f"is not a valid EditXCom record: {field}"):
+        EditXCom.load({**XCOM.dump(), **forged}, "XCom")
 
 
 def test_a_failure_record_of_another_type_is_no_record():
     failure = EditFailure.from_error("s3://in/a.png", "s3://out/", ValueError("no"))
-    assert EditFailure.from_xcom({**failure.to_xcom(), "reason": ["not", "text"]}) is None
+    assert not failure.for_good  # another error than ours might heal
+    with pytest.raises(BetterTokenRecordError, match="reason: Input should be a valid string"):
+        EditFailure.load({**failure.dump(), "reason": ["not", "text"]}, "XCom")
+
+
+def test_the_spill_record_brings_the_result_back_whole():
+    record = json.loads(json.dumps(RESULT.to_spill_record()))
+    assert EditResult.from_spill_record(RESULT.png, record) == RESULT
+    with pytest.raises(
+        BetterTokenRecordError,
+        match=r"s3://out/ledger.json is not a valid SpilledResult record: width: Field required",
+    ):
+        EditResult.from_spill_record(RESULT.png, {"height": 1}, "s3://out/ledger.json")
 
 
 TI = SimpleNamespace(

@@ -4,13 +4,14 @@ by table."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenRecordError
 from airflow_bettertoken.plugins._review import (
     MAX_BODY_BYTES,
     FormError,
@@ -27,11 +28,16 @@ from airflow_bettertoken.protocol.review import (
     ItemState,
     ReviewItem,
     ReviewRecord,
-    ReviewRecordError,
     RoundClose,
 )
 from airflow_bettertoken.storage.review import staging_prefix
-from airflow_bettertoken.storage.run_manifest import fold_into_summary, review_manifest
+from airflow_bettertoken.storage.run_manifest import (
+    ReviewTotals,
+    RunCounts,
+    RunManifest,
+    fold_into_summary,
+    review_manifest,
+)
 
 STAGE = "_bettertoken/staging/d/r/round-1/"
 ROUND_2 = "_bettertoken/staging/d/r/round-2/"
@@ -244,7 +250,7 @@ def test_a_record_written_by_format_1_loads_with_its_rounds_and_names():
 )
 def test_a_record_that_does_not_load_names_the_object_and_what_is_wrong(change, message):
     document = {**record("a.png").dump(), **change}
-    with pytest.raises(ReviewRecordError, match=r"s3://out/_bettertoken/reviews/d/r\.json") as found:
+    with pytest.raises(BetterTokenRecordError, match=r"s3://out/_bettertoken/reviews/d/r\.json") as found:
         ReviewRecord.load(document, "s3://out/_bettertoken/reviews/d/r.json")
     assert message in str(found.value)
 
@@ -253,15 +259,21 @@ def test_a_format_1_re_edit_whose_original_is_missing_is_an_error_naming_it():
     document = json.loads((FIXTURES / "review-record-v1.json").read_text())
     root = "_bettertoken/staging/bettertoken_reviewed_backfill/manual__2026-12-01T09:00:00+00:00/"
     del document["items"][root + "lamp.png"]
-    with pytest.raises(ReviewRecordError, match="names an original that is not in the record"):
+    with pytest.raises(BetterTokenRecordError, match="names an original that is not in the record"):
         ReviewRecord.load(document, "s3://shop-out/v1.json")
 
 
 def test_the_summary_sums_the_reviews_and_a_run_counted_again_is_not_added_twice():
     rec = close(decide(record("a.png", "b.png", "c.png"), **{"a.png": "approve", "c.png": "reedit"}))
     rec = rec.published({STAGE + "a.png": "s3://out/pub/a.png"})
-    run = {"run_id": "r", "counts": {"done": 3}, "review": review_manifest(rec)}
-    assert run["review"]["counts"] == {
+    run = RunManifest(
+        dag_id="d",
+        run_id="r",
+        finished_at="2026-12-05T00:00:00+00:00",
+        counts=RunCounts(done=3),
+        review=review_manifest(rec),
+    )
+    assert run.review.counts == {
         "images": 4,
         "approved": 1,
         "published": 1,
@@ -272,10 +284,10 @@ def test_the_summary_sums_the_reviews_and_a_run_counted_again_is_not_added_twice
     }
     once = fold_into_summary(None, run, None)
     twice = fold_into_summary(once, run, None)
-    other = fold_into_summary(twice, {**run, "run_id": "s"}, None)
-    expected = {"approved": 1, "rejected": 1, "reedited": 1, "published": 1}
-    assert once["review"] == twice["review"] == expected
-    assert other["review"] == {name: 2 * value for name, value in expected.items()}
+    other = fold_into_summary(twice, dataclasses.replace(run, run_id="s"), None)
+    expected = ReviewTotals(approved=1, rejected=1, reedited=1, published=1)
+    assert once.review == twice.review == expected
+    assert other.review == expected + expected
 
 
 def test_the_csrf_token_is_bound_to_the_user_the_run_and_time():

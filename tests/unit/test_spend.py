@@ -202,7 +202,7 @@ def test_the_ledger_round_trips_through_json():
         stored=Stored("ab" * 32, NOW, ME),
         refusals=(Refusal(OTHER, NOW, "budget"),),
     )
-    assert OutputLedger.from_json(json.loads(json.dumps(record.to_json()))) == record
+    assert OutputLedger.load(json.loads(json.dumps(record.dump())), "a ledger") == record
 
 
 def test_the_run_breaker_trips_after_three_cut_edits_in_a_row():
@@ -218,7 +218,7 @@ def test_the_run_breaker_trips_after_three_cut_edits_in_a_row():
     assert "First, s3://o/1.png: cut after about 60 s" in breaker.stop_reason()
     # Once tripped it stays so: the run is stopped, whatever comes after.
     assert breaker.after_edit(cut=False, output_uri="s3://o/4.png", diagnosis=None, now=NOW).tripped
-    assert RunBreaker.from_json(json.loads(json.dumps(breaker.to_json()))) == breaker
+    assert RunBreaker.load(json.loads(json.dumps(breaker.dump())), "a breaker") == breaker
 
 
 def test_a_success_between_cuts_resets_the_breaker():
