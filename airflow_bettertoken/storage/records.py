@@ -15,21 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from airflow_bettertoken.exceptions import BetterTokenStorageError
+from airflow_bettertoken.exceptions import BetterTokenRecordConflictError, BetterTokenStorageError
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.s3_io import S3IO, Presence
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-__all__ = ["ConditionalRecord", "RecordConflict", "status_of"]
+__all__ = ["ConditionalRecord", "status_of"]
 
 # Rounds of read-decide-write before giving up: each lost round means another writer changed it.
 _MAX_ROUNDS = 50
-
-
-class RecordConflict(Exception):
-    """The record changed under every one of many attempts to write it."""
 
 
 def status_of(err: ClientError) -> int:
@@ -84,7 +80,7 @@ class ConditionalRecord:
         from the last record this object read or wrote; a conflict reads S3 again.
 
         :returns: the record as written (or as read, when ``change`` wrote nothing).
-        :raises RecordConflict: when others kept changing the record for ``_MAX_ROUNDS`` rounds.
+        :raises BetterTokenRecordConflictError: when others kept changing it for ``_MAX_ROUNDS`` rounds.
         :raises BetterTokenStorageError: when the record exists but S3 refuses to let it be read.
         """
         for round_number in range(_MAX_ROUNDS):
@@ -124,4 +120,6 @@ class ConditionalRecord:
             # 412: another writer came first; or the version we matched was deleted meanwhile.
             self._known = None
             self._sleep(random.uniform(0.02, 0.1) * min(round_number + 1, 10))
-        raise RecordConflict(f"{self.location.uri} kept changing under {_MAX_ROUNDS} attempts to write it")
+        raise BetterTokenRecordConflictError(
+            f"{self.location.uri} kept changing under {_MAX_ROUNDS} attempts to write it"
+        )
