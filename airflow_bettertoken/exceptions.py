@@ -18,6 +18,7 @@ __all__ = [
     "BetterTokenAuthenticationError",
     "BetterTokenBadRequestError",
     "BetterTokenBudgetError",
+    "BetterTokenClaimLostError",
     "BetterTokenConfigError",
     "BetterTokenError",
     "BetterTokenInputError",
@@ -25,6 +26,7 @@ __all__ = [
     "BetterTokenOutputExistsError",
     "BetterTokenPermissionError",
     "BetterTokenRateLimitError",
+    "BetterTokenRecordConflictError",
     "BetterTokenRecordError",
     "BetterTokenResponseError",
     "BetterTokenServerError",
@@ -135,6 +137,10 @@ class BetterTokenBudgetError(BetterTokenError):
     or when its run was stopped because edit after edit was cut."""
 
 
+class BetterTokenClaimLostError(BetterTokenError):
+    """Raised instead of a call when this task's claim on the output lapsed and another task took it over."""
+
+
 class BetterTokenOutputExistsError(BetterTokenError):
     """Raised when ``if_exists="fail"`` and the output object already exists."""
 
@@ -167,6 +173,15 @@ class BetterTokenStorageError(BetterTokenError):
         self.code = code
         self.botocore_class = botocore_class
         self.retryable = retryable
+
+
+class BetterTokenRecordConflictError(BetterTokenError):
+    """Raised when a record in S3 (a ledger, a summary) kept changing under every attempt to write it.
+
+    Other writers won each round; a task retry writes it again, so it is retryable.
+    """
+
+    retryable = True
 
 
 class BetterTokenRecordError(BetterTokenError):

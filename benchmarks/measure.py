@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from types import SimpleNamespace
 
 IN_BUCKET, OUT_BUCKET, REFERENCE_KEY = "bench-in", "bench-out", "reference.jpg"
@@ -91,10 +92,14 @@ def ours(scope: str):
 
     from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 
-    context = {"ti": SimpleNamespace(dag_id="bench", task_id="edit", run_id="bench", map_index=-1)}
-
     def call():
-        # A fresh operator each time, as each task is; "replace" makes every call write.
+        # A fresh operator and task instance each time, as each task is; "replace" makes every call
+        # write, and a task instance of its own keeps the spend ledger from counting them as one edit.
+        ti = SimpleNamespace(
+            dag_id="bench", task_id="edit", run_id=f"bench-{uuid.uuid4().hex}", map_index=-1, try_number=1
+        )
+        ti.xcom_push = lambda key, value: None
+        context = {"ti": ti}
         op = BetterTokenImageEditOperator(
             task_id="edit",
             prompt="bench",

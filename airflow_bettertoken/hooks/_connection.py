@@ -53,7 +53,7 @@ class ConnectionSettings:
 
 
 def read_settings(
-    conn: Any, conn_id: str, retry_overrides: Mapping[str, Any], log: logging.Logger
+    conn: Any, conn_id: str, api_retry: Mapping[str, Any], log: logging.Logger
 ) -> ConnectionSettings:
     """Check an Airflow Connection's fields; every problem is a :class:`BetterTokenConfigError`."""
     api_key = conn.password or ""
@@ -85,7 +85,7 @@ def read_settings(
         connect_timeout=_positive(extra, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, conn_id),
         verify=extra.get("verify", True),
         proxies=proxies,
-        retry_policy=RetryPolicy().with_options(extra).with_options(retry_overrides),
+        retry_policy=RetryPolicy().with_options(extra).with_options(api_retry),
         max_pixels=int(_positive(extra, "max_pixels", DEFAULT_MAX_PIXELS, conn_id)),
         spend_policy=SpendPolicy(
             max_billed_calls=check_max_billed_calls(

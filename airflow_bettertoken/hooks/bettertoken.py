@@ -25,7 +25,7 @@ from airflow_bettertoken.hooks._connection import ConnectionSettings, fix_hint, 
 from airflow_bettertoken.hooks._transport import failure_kind, new_session, read_edit_answer
 from airflow_bettertoken.protocol.png import PngHeader, verify_png
 from airflow_bettertoken.protocol.result import EditResult
-from airflow_bettertoken.protocol.retry import Decision, Failure, RetryLoop, Timing, is_retryable_status
+from airflow_bettertoken.protocol.retry import Failure, RetryDecision, RetryLoop, Timing, is_retryable_status
 from airflow_bettertoken.protocol.spend import (
     Outcome,
     SpendGuard,
@@ -81,6 +81,7 @@ class _Call:
         self.sent_at = timing.clock()
 
     def ended(self, outcome: Outcome, **how: Any) -> None:
+        """Tell the guard how the call ended: ``how`` holds the keywords of :meth:`SpendGuard.after_call`."""
         if self.guard is None:
             return
         try:
@@ -109,7 +110,8 @@ class BetterTokenHook(BaseHook):
     :class:`~airflow_bettertoken.protocol.retry.RetryPolicy` fields.
 
     :param bettertoken_conn_id: the Airflow connection to use.
-    :param retry: retry policy fields that override the connection extra.
+    :param api_retry: retry policy fields that override the connection extra, e.g.
+        ``{"max_attempts": 2}`` (the operators' ``api_retry``).
     :param timing: sleep and clocks for the retry loop; tests pass a recorder.
     """
 
@@ -122,13 +124,13 @@ class BetterTokenHook(BaseHook):
         self,
         bettertoken_conn_id: str = default_conn_name,
         *,
-        retry: Mapping[str, Any] | None = None,
+        api_retry: Mapping[str, Any] | None = None,
         timing: Timing | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.bettertoken_conn_id = bettertoken_conn_id
-        self.retry_overrides = dict(retry or {})
+        self.api_retry = dict(api_retry or {})
         self.timing = timing or Timing()
 
     @classmethod
@@ -148,7 +150,7 @@ class BetterTokenHook(BaseHook):
         if conn.password:
             # Masking is automatic for connections read inside a running task, not elsewhere.
             mask_secret(conn.password)
-        return read_settings(conn, self.bettertoken_conn_id, self.retry_overrides, self.log)
+        return read_settings(conn, self.bettertoken_conn_id, self.api_retry, self.log)
 
     @cached_property
     def _session(self) -> requests.Session:
@@ -287,7 +289,7 @@ class BetterTokenHook(BaseHook):
 
     def _after_no_answer(
         self, loop: RetryLoop, call: _Call, err: requests.RequestException, url: str
-    ) -> Decision:
+    ) -> RetryDecision:
         """Record a call that got no answer; the decision to retry, or the error that ends the loop."""
         kind = failure_kind(err)
         what = f"{kind.value}: {type(err).__name__}"
@@ -304,7 +306,7 @@ class BetterTokenHook(BaseHook):
         log("Attempt %d got no answer (%s); retrying in %.1f s", loop.attempt, what, decision.wait)
         return decision
 
-    def _after_cut_answer(self, loop: RetryLoop, call: _Call, cut: _AnswerCut, url: str) -> Decision:
+    def _after_cut_answer(self, loop: RetryLoop, call: _Call, cut: _AnswerCut, url: str) -> RetryDecision:
         """A 2xx came, so the image was made and billed, but its body never arrived whole."""
         what = f"answered {cut.reply.status}, then the body was cut ({type(cut.error).__name__})"
         call.ended(Outcome.PAID, cause=what, status=cut.reply.status, request_id=cut.reply.request_id)
@@ -319,7 +321,7 @@ class BetterTokenHook(BaseHook):
         self.log.warning("Attempt %d %s; retrying in %.1f s", loop.attempt, what, decision.wait)
         return decision
 
-    def _after_error_status(self, loop: RetryLoop, call: _Call, reply: _Reply, url: str) -> Decision:
+    def _after_error_status(self, loop: RetryLoop, call: _Call, reply: _Reply, url: str) -> RetryDecision:
         """Record an error answer; the decision to retry, or the error that ends the loop."""
         status = reply.status
         call.ended(

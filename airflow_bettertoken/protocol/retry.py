@@ -18,7 +18,15 @@ from typing import Any
 
 from airflow_bettertoken.exceptions import BetterTokenConfigError
 
-__all__ = ["Decision", "Failure", "RetryLoop", "RetryPolicy", "Timing", "decide", "is_retryable_status"]
+__all__ = [
+    "Failure",
+    "RetryDecision",
+    "RetryLoop",
+    "RetryPolicy",
+    "Timing",
+    "decide",
+    "is_retryable_status",
+]
 
 # Statuses below 500 that are worth another try; every 5xx is, too.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
@@ -90,7 +98,7 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
-class Decision:
+class RetryDecision:
     """What the loop does next: retry after ``wait`` seconds, or stop, and why."""
 
     retry: bool
@@ -153,7 +161,7 @@ def decide(
     failure: Failure | None = None,
     now: float,
     random_fraction: float,
-) -> Decision:
+) -> RetryDecision:
     """Decide about the attempt that just failed, with either an error ``status`` or a ``failure``.
 
     :param attempt: the attempt that failed, counting from 1.
@@ -162,14 +170,14 @@ def decide(
     :param random_fraction: a number in [0, 1) for the jitter.
     """
     if failure is Failure.MAYBE_BILLED and not policy.retry_maybe_billed:
-        return Decision(False, reason="the request may have been billed and retry_maybe_billed is off")
+        return RetryDecision(False, reason="the request may have been billed and retry_maybe_billed is off")
     if failure is None and not is_retryable_status(status or 0, headers):
-        return Decision(False, reason=f"status {status} is not retried")
+        return RetryDecision(False, reason=f"status {status} is not retried")
     if attempt >= policy.max_attempts:
-        return Decision(False, reason=f"gave up after {attempt} of max_attempts={policy.max_attempts}")
+        return RetryDecision(False, reason=f"gave up after {attempt} of max_attempts={policy.max_attempts}")
     wait = retry_after_seconds(headers, now)
     if wait is not None and wait > policy.retry_after_cap:
-        return Decision(
+        return RetryDecision(
             False,
             wait,
             f"the server asked to wait {wait:.0f} s, "
@@ -178,8 +186,10 @@ def decide(
     if wait is None:
         wait = backoff_seconds(attempt, policy, random_fraction)
     if elapsed + wait > policy.deadline:
-        return Decision(False, wait, f"a retry in {wait:.1f} s would pass deadline={policy.deadline:.0f} s")
-    return Decision(True, wait, failure.value if failure else f"status {status}")
+        return RetryDecision(
+            False, wait, f"a retry in {wait:.1f} s would pass deadline={policy.deadline:.0f} s"
+        )
+    return RetryDecision(True, wait, failure.value if failure else f"status {status}")
 
 
 @dataclass(frozen=True)
@@ -232,7 +242,7 @@ class RetryLoop:
         status: int | None = None,
         headers: Mapping[str, str] | None = None,
         failure: Failure | None = None,
-    ) -> Decision:
+    ) -> RetryDecision:
         return decide(
             self.policy,
             attempt=self.attempt,
@@ -244,5 +254,5 @@ class RetryLoop:
             random_fraction=self.timing.random_fraction(),
         )
 
-    def wait(self, decision: Decision) -> None:
+    def wait(self, decision: RetryDecision) -> None:
         self.timing.sleep(decision.wait)

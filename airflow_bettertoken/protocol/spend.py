@@ -429,8 +429,10 @@ class SpendGuard(Protocol):
         status: int | None = None,
         request_id: str | None = None,
         evidence: bytes | bytearray | None = None,
+        sent: bool = True,
     ) -> None:
-        """Write down how the call ended; ``evidence`` is an unusable paid answer, kept for support."""
+        """Write down how the call ended; ``evidence`` is an unusable paid answer, kept for support;
+        ``sent`` is False for a call whose connection failed before anything was sent."""
 
 
 @record

@@ -26,7 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_bettertoken.exceptions import BetterTokenBudgetError, BetterTokenStorageError
+from airflow_bettertoken.exceptions import (
+    BetterTokenBudgetError,
+    BetterTokenClaimLostError,
+    BetterTokenStorageError,
+)
 from airflow_bettertoken.protocol.result import EditResult
 from airflow_bettertoken.protocol.retry import Timing
 from airflow_bettertoken.protocol.spend import (
@@ -224,7 +228,7 @@ class SpendLedger:
 
     def before_send(self) -> None:
         if self._lost_claim:
-            raise BetterTokenBudgetError(
+            raise BetterTokenClaimLostError(
                 f"not sent: this task's claim on {self.output.uri} lapsed and another task took the output "
                 f"over ({self.uri})"
             )

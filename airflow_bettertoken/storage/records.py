@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from airflow_bettertoken.exceptions import BetterTokenStorageError
+from airflow_bettertoken.exceptions import BetterTokenRecordConflictError, BetterTokenStorageError
 from airflow_bettertoken.protocol.retry import Timing
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.s3_io import S3IO, Presence
@@ -21,17 +21,13 @@ from airflow_bettertoken.storage.s3_io import S3IO, Presence
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-__all__ = ["ConditionalRecord", "RecordConflict"]
+__all__ = ["ConditionalRecord"]
 
 # Rounds of read-decide-write before giving up: each lost round means another writer changed it.
 _MAX_ROUNDS = 50
 # The wait after a lost round, in seconds: random in [_ROUND_WAIT, 5 * _ROUND_WAIT), times the round
 # (at most 10), so that writers who keep meeting spread out.
 _ROUND_WAIT = 0.02
-
-
-class RecordConflict(Exception):
-    """The record changed under every one of many attempts to write it."""
 
 
 class ConditionalRecord:
@@ -82,7 +78,7 @@ class ConditionalRecord:
         from the last record this object read or wrote; a conflict reads S3 again.
 
         :returns: the record as written (or as read, when ``change`` wrote nothing).
-        :raises RecordConflict: when others kept changing the record for ``_MAX_ROUNDS`` rounds.
+        :raises BetterTokenRecordConflictError: when others kept changing it for ``_MAX_ROUNDS`` rounds.
         :raises BetterTokenStorageError: when the record exists but S3 refuses to let it be read.
         """
         for round_number in range(_MAX_ROUNDS):
@@ -123,4 +119,6 @@ class ConditionalRecord:
             self._known = None
             jitter = 1 + 4 * self.io.timing.random_fraction()
             self.io.timing.sleep(_ROUND_WAIT * jitter * min(round_number + 1, 10))
-        raise RecordConflict(f"{self.location.uri} kept changing under {_MAX_ROUNDS} attempts to write it")
+        raise BetterTokenRecordConflictError(
+            f"{self.location.uri} kept changing under {_MAX_ROUNDS} attempts to write it"
+        )

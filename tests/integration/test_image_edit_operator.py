@@ -209,9 +209,11 @@ def test_errors_are_input_errors_at_parse_time():
         edit(source="s3://in/a.png", dest="s3://out/edited/", size="huge")
 
 
-def test_the_old_retry_argument_still_works_with_a_deprecation_warning():
-    with pytest.warns(DeprecationWarning, match="use api_retry="):
-        op = edit(source="s3://in/a.png", dest="s3://out/edited/", retry={"max_attempts": 2})
-    assert op.api_retry == {"max_attempts": 2}
-    with pytest.raises(Exception, match="unknown retry options"), pytest.warns(DeprecationWarning):
-        edit(source="s3://in/a.png", dest="s3://out/edited/", retry={"max_atempts": 2})
+def test_api_retry_is_checked_at_parse_time_and_the_old_retry_argument_is_gone():
+    op = edit(source="s3://in/a.png", dest="s3://out/edited/", api_retry={"max_attempts": 2})
+    assert op.hook.api_retry == {"max_attempts": 2}
+    with pytest.raises(Exception, match="unknown retry options"):
+        edit(source="s3://in/a.png", dest="s3://out/edited/", api_retry={"max_atempts": 2})
+    # Nothing is released yet, so no shim: Airflow refuses an argument the operator does not take.
+    with pytest.raises(Exception, match="retry"):
+        edit(source="s3://in/a.png", dest="s3://out/edited/", retry={"max_attempts": 2})

@@ -21,7 +21,7 @@ def hook(
 ) -> BetterTokenHook:
     sleeper = sleeper or VirtualTime()
     retry = {"backoff_initial": 3.0, "backoff_max": 15.0, **retry}  # the defaults, not the suite's fast ones
-    return BetterTokenHook(conn_id, retry=retry, timing=sleeper.timing())
+    return BetterTokenHook(conn_id, api_retry=retry, timing=sleeper.timing())
 
 
 @pytest.mark.parametrize(

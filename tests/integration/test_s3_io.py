@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-from airflow_bettertoken.exceptions import BetterTokenStorageError
+from airflow_bettertoken.exceptions import BetterTokenRecordConflictError, BetterTokenStorageError
 from airflow_bettertoken.storage.locations import S3Location
-from airflow_bettertoken.storage.records import ConditionalRecord, RecordConflict
+from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.s3_io import S3IO, BucketAccess, Presence
 from tests.virtual_time import VirtualTime
 
@@ -136,7 +136,7 @@ def test_a_record_that_keeps_changing_gives_up_after_its_rounds_in_virtual_time(
         other.update(lambda found: {"n": (found or {"n": 0})["n"] + 1})
         return {"mine": True}
 
-    with pytest.raises(RecordConflict, match="kept changing under 50 attempts"):
+    with pytest.raises(BetterTokenRecordConflictError, match="kept changing under 50 attempts"):
         record.update(always_beaten)
     assert len(clock.waits) == 50 and sum(clock.waits) < 30  # rounds 10+ wait at most 1 s each
 

@@ -8,10 +8,19 @@ import time
 from typing import Any
 
 import pytest
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import AirflowFailException
 
+from airflow_bettertoken.exceptions import (
+    BetterTokenClaimLostError,
+    BetterTokenRecordConflictError,
+    fail_task_on_permanent_error,
+)
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
-from airflow_bettertoken.protocol.spend import Outcome, OutputLedger
+from airflow_bettertoken.protocol.spend import Holder, Outcome, OutputLedger, SpendPolicy, Verdict
+from airflow_bettertoken.storage.ledger import SpendLedger
+from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.testing.samples import sample_image
 from tests.conftest import TaskInstanceStub
 from tests.deferral import execute_deferrable
@@ -127,3 +136,42 @@ def test_a_holder_with_a_long_call_keeps_its_claim_and_the_duplicate_waits(s3, b
     assert emulator.stats()["posts"] == 1
     assert len(waited) == 1
     assert sorted(r["skipped"] for r in results) == [False, True]
+
+
+def _holder(task_id: str) -> Holder:
+    return Holder(dag_id="spend_dag", run_id="run", task_id=task_id, map_index=-1, try_number=1, hostname="w")
+
+
+def test_a_claim_taken_over_is_lost_and_its_holder_sends_nothing_more(buckets):
+    s3_hook = S3Hook(aws_conn_id="aws_default")
+    output = S3Location(buckets.out, "lost.png")
+    policy = SpendPolicy(claim_seconds=0.3)  # renewed every 0.1 s
+    mine = SpendLedger(s3_hook, output, "edit", _holder("mine"), policy)
+    assert mine.begin().verdict is Verdict.SEND
+    # Another task took the output over, as when this worker stalled past its claim: to its clock,
+    # ten seconds later, that claim has lapsed.
+    theirs = SpendLedger(s3_hook, output, "edit", _holder("theirs"), policy, clock=lambda: time.time() + 10)
+    try:
+        assert theirs.begin().verdict is Verdict.SEND
+        time.sleep(0.5)  # mine's renewer finds the claim gone
+        with pytest.raises(BetterTokenClaimLostError, match="lapsed and another task took the output over"):
+            mine.before_send()
+    finally:
+        mine.finish(cut=None)
+        theirs.finish(cut=None)
+    assert not BetterTokenClaimLostError("").retryable
+    assert theirs.entry.attempts == ()  # no call was written down, so none was sent
+
+
+def test_a_record_that_keeps_changing_is_a_retryable_error_not_a_failure_for_good(buckets):
+    location = S3Location(buckets.out, "_bettertoken/ledger/busy.png.json")
+    record = ConditionalRecord(S3Hook(aws_conn_id="aws_default"), location, sleep=lambda seconds: None)
+    other = ConditionalRecord(S3Hook(aws_conn_id="aws_default"), location)
+
+    def change(document):
+        other.update(lambda current: {"n": (current or {"n": 0})["n"] + 1})  # another writer comes first
+        return {"mine": True}
+
+    with pytest.raises(BetterTokenRecordConflictError, match="kept changing"), fail_task_on_permanent_error():
+        record.update(change)
+    assert other.read()["n"] == 50  # one lost round each
