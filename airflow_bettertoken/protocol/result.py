@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import AliasChoices, Field, computed_field
 
@@ -104,7 +104,7 @@ class SpilledResult(Record):
     revised_prompt: str | None
     usage: dict[str, Any] | None
     request_id: str | None
-    #: The calls the hook made for this image, in the try that got it.
+    #: The hook's attempts (POSTs of its retry loop) for this image, in the try that got it.
     attempts: int
     elapsed_s: float
 
@@ -174,7 +174,7 @@ class EditResult:
     def to_xcom(self, output_uri: str, source_uris: list[str], **spend: Any) -> EditXCom:
         """The task's return value for an image this task paid for and wrote.
 
-        :param spend: the spend figures read from the ledger: ``attempts``, ``billed_calls``, ``ledger_uri``.
+        :param spend: the spend figures read from the ledger: ``calls``, ``billed_calls``, ``ledger_uri``.
         """
         return EditXCom(
             output_uri=output_uri,
@@ -224,7 +224,10 @@ class EditXCom(Record):
     Small and JSON-safe, never image bytes. XCom can be changed through Airflow's REST API, so a
     reader must not let it decide which object is read; it is a report, not a record of truth.
     Its JSON also holds ``bucket``, ``key`` and ``size_matches``, for people reading it in the UI.
+    Format 2 names the task's calls ``calls`` (format 1: ``attempts``); it reads format 1.
     """
+
+    FORMAT: ClassVar[int] = 2
 
     output_uri: str
     width: int
@@ -240,8 +243,9 @@ class EditXCom(Record):
     revised_prompt: str | None = None
     usage: dict[str, Any] | None = None
     request_id: str | None = None
-    #: POSTs this task instance sent for the image, counted in the spend ledger (0 when skipped).
-    attempts: int = 0
+    #: Calls this task instance sent for the image, in all its tries, counted in the spend ledger (0 when
+    #: skipped). The XCom key ``attempts`` in format 1.
+    calls: Annotated[int, Field(validation_alias=AliasChoices("calls", "attempts"))] = 0
     elapsed_s: float = 0.0
     #: True when the output already existed and this task paid nothing.
     skipped: bool = False
