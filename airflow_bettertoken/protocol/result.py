@@ -24,6 +24,7 @@ __all__ = [
     "EditFailure",
     "EditResult",
     "EditXCom",
+    "OutputReport",
     "SpilledResult",
     "existing_output_xcom",
     "first_line",
@@ -93,10 +94,9 @@ def was_made_by(metadata: Mapping[str, str], ti: TaskInstanceIdentity) -> bool:
     return all(metadata.get(key) == value for key, value in made_by_metadata(ti).items())
 
 
-@record
-class SpilledResult(Record):
-    """A paid image's fields besides its PNG, kept with the image when it could not be written to its
-    output (in the spend ledger, or on the worker's disk), so that the result comes back whole."""
+@dataclass(frozen=True)
+class _ImageFields:
+    """What a result says about its image besides the PNG: its size, the API's word, how it was got."""
 
     width: int
     height: int
@@ -109,19 +109,17 @@ class SpilledResult(Record):
     elapsed_s: float
 
 
+@record
+class SpilledResult(_ImageFields, Record):
+    """A paid image's fields besides its PNG, kept with the image when it could not be written to its
+    output (in the spend ledger, or on the worker's disk), so that the result comes back whole."""
+
+
 @dataclass(frozen=True)
-class EditResult:
+class EditResult(_ImageFields):
     """One generated image, fully checked, and how it was obtained."""
 
     png: bytes | bytearray = field(repr=False)
-    width: int
-    height: int
-    requested_size: str
-    revised_prompt: str | None
-    usage: dict[str, Any] | None
-    request_id: str | None
-    attempts: int
-    elapsed_s: float
 
     @classmethod
     def from_answer(cls, answer: EditAnswer, **how: Any) -> EditResult:
@@ -139,8 +137,7 @@ class EditResult:
 
     def to_spill_record(self) -> dict[str, Any]:
         """What a spilled image keeps besides its PNG (:class:`SpilledResult`), as JSON."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SpilledResult)}
-        return SpilledResult(**fields).dump()
+        return SpilledResult(**_image_fields(self)).dump()
 
     @classmethod
     def from_spill_record(
@@ -151,7 +148,7 @@ class EditResult:
         :raises BetterTokenRecordError: when the record is not one.
         """
         spilled = SpilledResult.load(document, where)
-        return cls(png=png, **{f.name: getattr(spilled, f.name) for f in dataclasses.fields(SpilledResult)})
+        return cls(png=png, **_image_fields(spilled))
 
     def s3_metadata(
         self, prompt: str, source_uris: list[str], made_by: TaskInstanceIdentity | None = None
@@ -194,6 +191,10 @@ class EditResult:
         )
 
 
+def _image_fields(result: _ImageFields) -> dict[str, Any]:
+    return {f.name: getattr(result, f.name) for f in dataclasses.fields(_ImageFields)}
+
+
 def existing_output_xcom(
     output_uri: str,
     metadata: Mapping[str, str],
@@ -218,7 +219,22 @@ def existing_output_xcom(
 
 
 @record
-class EditXCom(Record):
+class OutputReport:
+    """An output as its edit task reports it: the edit's XCom, and each output of its run's manifest."""
+
+    output_uri: str
+    width: int
+    height: int
+    requested_size: str | None
+    #: The PNG's size in bytes (the key ``bytes``).
+    nbytes: Annotated[
+        int | None, Field(validation_alias=AliasChoices("bytes", "nbytes"), serialization_alias="bytes")
+    ]
+    sha256: str | None
+
+
+@record
+class EditXCom(OutputReport, Record):
     """The edit task's return value: the one definition of its XCom keys, for writers and readers.
 
     Small and JSON-safe, never image bytes. XCom can be changed through Airflow's REST API, so a
@@ -229,15 +245,6 @@ class EditXCom(Record):
 
     FORMAT: ClassVar[int] = 2
 
-    output_uri: str
-    width: int
-    height: int
-    requested_size: str | None
-    #: The PNG's size in bytes (the XCom key ``bytes``).
-    nbytes: Annotated[
-        int | None, Field(validation_alias=AliasChoices("bytes", "nbytes"), serialization_alias="bytes")
-    ]
-    sha256: str | None
     model: str | None
     source_uris: list[str]
     revised_prompt: str | None = None

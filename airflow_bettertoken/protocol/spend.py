@@ -22,7 +22,7 @@ from typing import Annotated, Any, ClassVar, Protocol
 from pydantic import AliasChoices, Field
 
 from airflow_bettertoken.exceptions import BetterTokenConfigError
-from airflow_bettertoken.protocol.record import Record, record
+from airflow_bettertoken.protocol.record import Record, Sums, record
 from airflow_bettertoken.protocol.retry import Failure
 
 __all__ = [
@@ -441,7 +441,7 @@ class SpendGuard(Protocol):
 
 
 @record
-class RunSpend(Record):
+class RunSpend(Sums, Record):
     """What one DAG run spent, summed from the ledgers of the outputs it worked on."""
 
     posts: int = 0
@@ -451,15 +451,6 @@ class RunSpend(Record):
     billed_without_image: int = 0
     stopped_by_budget: int = 0
     stopped_by_run: int = 0
-
-    def __add__(self, other: RunSpend) -> RunSpend:
-        return RunSpend(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in _FIELDS})
-
-    def __sub__(self, other: RunSpend) -> RunSpend:
-        return RunSpend(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in _FIELDS})
-
-
-_FIELDS = dataclasses.fields(RunSpend)
 
 
 def run_spend(ledgers: Iterable[OutputLedger], dag_id: str, run_id: str) -> RunSpend:
