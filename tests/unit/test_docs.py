@@ -107,5 +107,4 @@ def test_the_edit_operators_table_names_only_its_real_arguments():
     table = text[text.index("| parameter ") : text.index("\n\n", text.index("| parameter "))]
     documented = set(re.findall(r"^\| ``(\w+)``", table, flags=re.MULTILINE))
     arguments = set(inspect.signature(BetterTokenImageEditOperator.__init__).parameters) - {"self", "kwargs"}
-    deprecated = {"retry"}
-    assert documented == arguments - deprecated
+    assert documented == arguments
