@@ -1,7 +1,7 @@
 """A backfill whose edits a person reviews before they are published (Airflow 3.1 and later).
 
 With ``review`` on, the edits are written under the run's staging prefix,
-``s3://<out>/_bettertoken/staging/<dag>/<run>/``, and nothing reaches ``dest_prefix`` until a person
+``s3://<out>/_bettertoken/staging/<dag>/<run>/round-1/``, and nothing reaches ``dest_prefix`` until a person
 approves it. The gate ``review`` is a human-in-the-loop task: it links to the run's review page in the
 gallery (``/bettertoken/dags/<dag>/runs/<run>/review``), where each image is approved, rejected or
 re-edited with a revised prompt, the whole page in one submit; answering the task (in Airflow's

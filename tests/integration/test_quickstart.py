@@ -168,13 +168,8 @@ class Deployment:
 def test_the_quick_start_edits_a_photo_in_a_real_deployment(tmp_path):
     import airflow
 
-    import airflow_bettertoken
-
     if airflow.__version__ != makefile_airflow():
         pytest.skip(f"the quick start is written for Airflow {makefile_airflow()}, not {airflow.__version__}")
-    if not hasattr(airflow_bettertoken, "BetterTokenImageEditOperator"):
-        # TODO(lead): remove once the public surface (issue 23, point 4) is merged.
-        pytest.skip("the README imports BetterTokenImageEditOperator from airflow_bettertoken, not yet here")
     for port in (8765, 9000):
         assert not reachable("127.0.0.1", port), f"port {port}, which the quick start uses, is taken"
 

@@ -24,6 +24,7 @@ from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.testing.samples import sample_image
 from tests.conftest import TaskInstanceStub
 from tests.deferral import execute_deferrable
+from tests.virtual_time import VirtualTime
 
 PNG = sample_image(160, 120)
 
@@ -165,7 +166,7 @@ def test_a_claim_taken_over_is_lost_and_its_holder_sends_nothing_more(buckets):
 
 def test_a_record_that_keeps_changing_is_a_retryable_error_not_a_failure_for_good(buckets):
     location = S3Location(buckets.out, "_bettertoken/ledger/busy.png.json")
-    record = ConditionalRecord(S3Hook(aws_conn_id="aws_default"), location, sleep=lambda seconds: None)
+    record = ConditionalRecord(S3Hook(aws_conn_id="aws_default"), location, timing=VirtualTime().timing())
     other = ConditionalRecord(S3Hook(aws_conn_id="aws_default"), location)
 
     def change(document):

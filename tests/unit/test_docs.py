@@ -4,6 +4,7 @@ message the provider prints. And the README stays a landing page."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from importlib.metadata import metadata
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
+import airflow_bettertoken
+from airflow_bettertoken import SIZES, BetterTokenImageEditOperator
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.s3_errors import PERMISSIONS, storage_error
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
@@ -79,3 +82,29 @@ def test_the_package_names_its_documentation_source_and_changelog():
     project URL, as it reads it here."""
     urls = dict(entry.split(", ", 1) for entry in metadata("airflow-bettertoken").get_all("Project-URL"))
     assert {"Documentation", "Source", "Changelog"} <= urls.keys()
+
+
+def test_the_api_page_documents_each_public_name_once_under_the_module_that_defines_it():
+    """Autodoc of the package itself would document every re-exported name a second time (-W fails)."""
+    api = (DOCS / "api.rst").read_text()
+    assert ".. automodule:: airflow_bettertoken\n" not in api
+    for name in airflow_bettertoken.__all__:
+        if name == "__version__":
+            continue
+        home = airflow_bettertoken._HOMES[name]
+        if name.endswith("Error"):
+            assert ".. automodule:: airflow_bettertoken.exceptions\n" in api
+        elif name == "SIZES":
+            assert "``SIZES``" in api and all(f"``{size}``" in api for size in SIZES)
+        else:
+            assert f"``{name}``" in api, f"docs/api.rst does not name {name}"
+            assert f".. automodule:: airflow_bettertoken.{home}\n" in api, f"docs/api.rst misses {home}"
+
+
+def test_the_edit_operators_table_names_only_its_real_arguments():
+    """A removed argument (``upload_deadline`` was one) leaves the table with it."""
+    text = (DOCS / "operators.rst").read_text()
+    table = text[text.index("| parameter ") : text.index("\n\n", text.index("| parameter "))]
+    documented = set(re.findall(r"^\| ``(\w+)``", table, flags=re.MULTILINE))
+    arguments = set(inspect.signature(BetterTokenImageEditOperator.__init__).parameters) - {"self", "kwargs"}
+    assert documented == arguments
