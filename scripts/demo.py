@@ -51,14 +51,14 @@ def print_table(rows: list[dict]) -> None:
     if not rows:
         print("No edit task ran: every image already has its output, so nothing was planned or paid.")
         return
-    columns = ("output", "requested", "real size", "bytes", "attempts", "skipped")
+    columns = ("output", "requested", "real size", "bytes", "calls", "skipped")
     lines = [
         (
             r["output_uri"],
             r["requested_size"],
             f"{r['width']}x{r['height']}",
             str(r["bytes"]),
-            str(r["attempts"]),
+            str(r["calls"]),
             "yes" if r["skipped"] else "no",
         )
         for r in rows

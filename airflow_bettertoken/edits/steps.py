@@ -86,14 +86,9 @@ def holder_of(ti: Any) -> Holder:
     )
 
 
-def _task_instance(holder: Holder) -> list[Any]:
-    """The task instance without its try number."""
-    return [holder.dag_id, holder.task_id, holder.run_id, holder.map_index]
-
-
 def idempotency_key(holder: Holder, digest: str) -> str:
     """The task's identity without its try number, so Airflow's own retries send the same key."""
-    return fingerprint(*_task_instance(holder), digest)
+    return fingerprint(*holder.task_instance, digest)
 
 
 class EditSteps:
@@ -177,7 +172,7 @@ class EditSteps:
         edit_id = (
             edit.digest
             if self.if_exists != "replace"
-            else fingerprint(edit.digest, "replace", _task_instance(holder))
+            else fingerprint(edit.digest, "replace", holder.task_instance)
         )
         policy = self.hook.spend_policy(self.max_billed_calls)
         return SpendLedger(

@@ -6,13 +6,12 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
 from airflow_bettertoken.exceptions import BetterTokenError, fail_task_on_permanent_error
+from airflow_bettertoken.operators._s3 import S3Writer
 from airflow_bettertoken.operators._xcom import load_records, materialize, task_id_of
 from airflow_bettertoken.operators.next_chunk import DECISION_KEY, ChunkDecision, is_on
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
@@ -31,7 +30,6 @@ from airflow_bettertoken.storage.run_manifest import (
     review_manifest,
     write_manifests,
 )
-from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 from airflow_bettertoken.storage.typed_record import TypedRecord
 
 if TYPE_CHECKING:
@@ -49,7 +47,7 @@ def _output_of(edit: Mapping[str, Any]) -> S3Location | None:
         return None
 
 
-class BetterTokenManifestOperator(BaseOperator):
+class BetterTokenManifestOperator(S3Writer, BaseOperator):
     """Record what a mapped edit run did, then fail the run if any edit failed.
 
     Writes ``_manifests/<run id>.json`` beside ``manifest_uri`` (never another run's), then rebuilds
@@ -105,17 +103,7 @@ class BetterTokenManifestOperator(BaseOperator):
         self.next_chunk_task_id = next_chunk_task_id
         self.reviewed = reviewed
         self.fail_on_failed_edits = fail_on_failed_edits
-        self.s3_extra_args = s3_extra_args
-        self.aws_conn_id = aws_conn_id
-        S3ExtraArgs.check_literal(s3_extra_args)
-
-    @cached_property
-    def s3_hook(self) -> S3Hook:
-        return S3Hook(aws_conn_id=self.aws_conn_id)
-
-    @property
-    def _extra_args(self) -> dict[str, Any]:
-        return S3ExtraArgs.parse(self.s3_extra_args).for_write()
+        self._take_s3_arguments(s3_extra_args, aws_conn_id)
 
     def execute(self, context: Context) -> dict[str, int]:
         ti = context["ti"]
@@ -148,7 +136,7 @@ class BetterTokenManifestOperator(BaseOperator):
                 findings=self._findings(ti),
                 review=review_manifest(review) if review is not None else None,
             )
-            run_uri = write_manifests(self.s3_hook, summary, manifest, extra_args=self._extra_args)
+            run_uri = write_manifests(self.s3_hook, summary, manifest, extra_args=self.s3_write_args)
         counts = manifest.counts
         chain = self._settle_chain(planned, manifest, context)
         self.log.info("Wrote %s and the summary %s", run_uri, self.manifest_uri)
@@ -188,7 +176,7 @@ class BetterTokenManifestOperator(BaseOperator):
             return None
         with fail_task_on_permanent_error():
             location = review_location(bucket, ti.dag_id, ti.run_id)
-            return ReviewStore(self.s3_hook, location, extra_args=self._extra_args).read()
+            return ReviewStore(self.s3_hook, location, extra_args=self.s3_write_args).read()
 
     def _spend(self, planned: list[Mapping[str, Any]], bucket: str, ti: Any) -> RunSpend:
         """What this run spent, from the spend ledgers of its planned outputs in the manifest's bucket.
@@ -200,7 +188,7 @@ class BetterTokenManifestOperator(BaseOperator):
         ledgers = read_ledgers(
             self.s3_hook,
             sorted(o for o in outputs if o is not None and o.bucket == bucket),
-            extra_args=self._extra_args,
+            extra_args=self.s3_write_args,
         )
         return run_spend(ledgers, ti.dag_id, ti.run_id)
 
@@ -218,7 +206,7 @@ class BetterTokenManifestOperator(BaseOperator):
         record = TypedRecord(
             ChainState,
             ConditionalRecord(
-                self.s3_hook, chain_location(bucket, ti.dag_id, ti.run_id), extra_args=self._extra_args
+                self.s3_hook, chain_location(bucket, ti.dag_id, ti.run_id), extra_args=self.s3_write_args
             ),
         )
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import conf
 
 from airflow_bettertoken.exceptions import (
@@ -25,11 +23,11 @@ from airflow_bettertoken.exceptions import (
 )
 from airflow_bettertoken.operators._hitl import HAS_HITL, HITL_MISSING, HITLBase
 from airflow_bettertoken.operators._links import GALLERY_PREFIX
+from airflow_bettertoken.operators._s3 import S3Writer
 from airflow_bettertoken.operators.next_chunk import is_on
 from airflow_bettertoken.protocol.review import UNDECIDED_CHOICES, ItemState, ReviewRecord, RoundClose
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.review import ReviewStore, review_location, staging_prefix
-from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -53,7 +51,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class BetterTokenReviewOperator(HITLBase):
+class BetterTokenReviewOperator(S3Writer, HITLBase):
     """Wait for a person to review the run's staged images, then publish the approved ones.
 
     When it starts, it opens a review round: the images this run's edits wrote under
@@ -138,13 +136,7 @@ class BetterTokenReviewOperator(HITLBase):
         self.max_rounds = max_rounds
         self.undecided = undecided
         self.enabled = enabled
-        self.s3_extra_args = s3_extra_args
-        self.aws_conn_id = aws_conn_id
-        S3ExtraArgs.check_literal(s3_extra_args)
-
-    @cached_property
-    def s3_hook(self) -> S3Hook:
-        return S3Hook(aws_conn_id=self.aws_conn_id)
+        self._take_s3_arguments(s3_extra_args, aws_conn_id)
 
     def _prefixes(self, ti: Any) -> tuple[S3Location, S3Location]:
         with fail_task_on_permanent_error():
@@ -169,10 +161,8 @@ class BetterTokenReviewOperator(HITLBase):
         return parse_s3_prefix(staging_prefix(bucket, ti.dag_id, ti.run_id, review_round), "staging prefix")
 
     def _store(self, ti: Any, staging: S3Location) -> ReviewStore:
-        extra = S3ExtraArgs.parse(self.s3_extra_args).for_write()
-        return ReviewStore(
-            self.s3_hook, review_location(staging.bucket, ti.dag_id, ti.run_id), extra_args=extra
-        )
+        location = review_location(staging.bucket, ti.dag_id, ti.run_id)
+        return ReviewStore(self.s3_hook, location, extra_args=self.s3_write_args)
 
     def execute(self, context: Context) -> Any:
         ti = context["ti"]
@@ -188,7 +178,7 @@ class BetterTokenReviewOperator(HITLBase):
             else:
                 known = store.read()
                 staged = store.reedits_made(known, self.review_round) if known else []
-            extra = S3ExtraArgs.parse(self.s3_extra_args).for_write()
+            extra = self.s3_write_args
 
             def open_round(current: ReviewRecord | None) -> ReviewRecord:
                 record = current or ReviewRecord(

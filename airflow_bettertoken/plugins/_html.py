@@ -70,7 +70,7 @@ def _details(row: EditRow) -> str:
         items += [
             ("real size", f"{result.width}x{result.height}{badge}"),
             ("requested", escape(requested)),
-            ("attempts, seconds", f"{result.attempts}, {result.elapsed_s:.1f} s"),
+            ("calls, seconds", f"{result.calls}, {result.elapsed_s:.1f} s"),
             ("usage", escape(usage)),
             ("output", escape(result.output_uri)),
             ("sha256", escape((result.sha256 or "")[:12])),
@@ -89,7 +89,7 @@ def _details(row: EditRow) -> str:
         ]
     elif shown.checked_against and (result or row.failure):
         # The XCom agreed on which objects; its figures are the task's own word.
-        note = f"checked against {shown.checked_against}; sizes, attempts and usage as the task reported them"
+        note = f"checked against {shown.checked_against}; sizes, calls and usage as the task reported them"
         items.append(("record", escape(note)))
     return "<dl>" + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in items) + "</dl>"
 

@@ -12,9 +12,11 @@ Pure code: no I/O; the caller says where the document came from (an S3 URI, a ta
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -22,13 +24,14 @@ from pydantic.dataclasses import dataclass
 
 from airflow_bettertoken.exceptions import BetterTokenRecordError
 
-__all__ = ["FORMAT_KEY", "Record", "record"]
+__all__ = ["FORMAT_KEY", "Record", "Sums", "record"]
 
 #: The key of a record's format version in its JSON.
 FORMAT_KEY = "format"
 # Of a record that fails to load, this many of its problems are named.
 _MAX_PROBLEMS = 3
 R = TypeVar("R", bound="Record")
+S = TypeVar("S", bound="Sums")
 
 #: The decorator of every record class: frozen, blind to keys it does not know, and built by field name
 #: (a renamed field reads its old name too).
@@ -82,6 +85,23 @@ class Record:
     def dump(self) -> dict[str, Any]:
         """The record as plain JSON, with its format version."""
         return {FORMAT_KEY: self.FORMAT, **_adapter(type(self)).dump_python(self, mode="json", by_alias=True)}
+
+
+class Sums:
+    """A record of whole numbers that add and subtract field by field: a run's spend, review decisions.
+
+    Subclasses are :data:`record` dataclasses whose fields are all ``int``.
+    """
+
+    def __add__(self: S, other: S) -> S:
+        return self._each(other, operator.add)
+
+    def __sub__(self: S, other: S) -> S:
+        return self._each(other, operator.sub)
+
+    def _each(self: S, other: S, how: Callable[[int, int], int]) -> S:
+        fields = dataclasses.fields(self)
+        return type(self)(**{f.name: how(getattr(self, f.name), getattr(other, f.name)) for f in fields})
 
 
 def _problems(err: ValidationError) -> str:

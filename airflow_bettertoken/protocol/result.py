@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 from pydantic import AliasChoices, Field, computed_field
 
@@ -24,6 +24,7 @@ __all__ = [
     "EditFailure",
     "EditResult",
     "EditXCom",
+    "OutputReport",
     "SpilledResult",
     "existing_output_xcom",
     "first_line",
@@ -93,35 +94,32 @@ def was_made_by(metadata: Mapping[str, str], ti: TaskInstanceIdentity) -> bool:
     return all(metadata.get(key) == value for key, value in made_by_metadata(ti).items())
 
 
+@dataclass(frozen=True)
+class _ImageFields:
+    """What a result says about its image besides the PNG: its size, the API's word, how it was got."""
+
+    width: int
+    height: int
+    requested_size: str
+    revised_prompt: str | None
+    usage: dict[str, Any] | None
+    request_id: str | None
+    #: The hook's attempts (POSTs of its retry loop) for this image, in the try that got it.
+    attempts: int
+    elapsed_s: float
+
+
 @record
-class SpilledResult(Record):
+class SpilledResult(_ImageFields, Record):
     """A paid image's fields besides its PNG, kept with the image when it could not be written to its
     output (in the spend ledger, or on the worker's disk), so that the result comes back whole."""
 
-    width: int
-    height: int
-    requested_size: str
-    revised_prompt: str | None
-    usage: dict[str, Any] | None
-    request_id: str | None
-    #: The calls the hook made for this image, in the try that got it.
-    attempts: int
-    elapsed_s: float
-
 
 @dataclass(frozen=True)
-class EditResult:
+class EditResult(_ImageFields):
     """One generated image, fully checked, and how it was obtained."""
 
     png: bytes | bytearray = field(repr=False)
-    width: int
-    height: int
-    requested_size: str
-    revised_prompt: str | None
-    usage: dict[str, Any] | None
-    request_id: str | None
-    attempts: int
-    elapsed_s: float
 
     @classmethod
     def from_answer(cls, answer: EditAnswer, **how: Any) -> EditResult:
@@ -139,8 +137,7 @@ class EditResult:
 
     def to_spill_record(self) -> dict[str, Any]:
         """What a spilled image keeps besides its PNG (:class:`SpilledResult`), as JSON."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SpilledResult)}
-        return SpilledResult(**fields).dump()
+        return SpilledResult(**_image_fields(self)).dump()
 
     @classmethod
     def from_spill_record(
@@ -151,7 +148,7 @@ class EditResult:
         :raises BetterTokenRecordError: when the record is not one.
         """
         spilled = SpilledResult.load(document, where)
-        return cls(png=png, **{f.name: getattr(spilled, f.name) for f in dataclasses.fields(SpilledResult)})
+        return cls(png=png, **_image_fields(spilled))
 
     def s3_metadata(
         self, prompt: str, source_uris: list[str], made_by: TaskInstanceIdentity | None = None
@@ -174,7 +171,7 @@ class EditResult:
     def to_xcom(self, output_uri: str, source_uris: list[str], **spend: Any) -> EditXCom:
         """The task's return value for an image this task paid for and wrote.
 
-        :param spend: the spend figures read from the ledger: ``attempts``, ``billed_calls``, ``ledger_uri``.
+        :param spend: the spend figures read from the ledger: ``calls``, ``billed_calls``, ``ledger_uri``.
         """
         return EditXCom(
             output_uri=output_uri,
@@ -192,6 +189,10 @@ class EditResult:
             skipped=False,
             **spend,
         )
+
+
+def _image_fields(result: _ImageFields) -> dict[str, Any]:
+    return {f.name: getattr(result, f.name) for f in dataclasses.fields(_ImageFields)}
 
 
 def existing_output_xcom(
@@ -218,30 +219,40 @@ def existing_output_xcom(
 
 
 @record
-class EditXCom(Record):
-    """The edit task's return value: the one definition of its XCom keys, for writers and readers.
-
-    Small and JSON-safe, never image bytes. XCom can be changed through Airflow's REST API, so a
-    reader must not let it decide which object is read; it is a report, not a record of truth.
-    Its JSON also holds ``bucket``, ``key`` and ``size_matches``, for people reading it in the UI.
-    """
+class OutputReport:
+    """An output as its edit task reports it: the edit's XCom, and each output of its run's manifest."""
 
     output_uri: str
     width: int
     height: int
     requested_size: str | None
-    #: The PNG's size in bytes (the XCom key ``bytes``).
+    #: The PNG's size in bytes (the key ``bytes``).
     nbytes: Annotated[
         int | None, Field(validation_alias=AliasChoices("bytes", "nbytes"), serialization_alias="bytes")
     ]
     sha256: str | None
+
+
+@record
+class EditXCom(OutputReport, Record):
+    """The edit task's return value: the one definition of its XCom keys, for writers and readers.
+
+    Small and JSON-safe, never image bytes. XCom can be changed through Airflow's REST API, so a
+    reader must not let it decide which object is read; it is a report, not a record of truth.
+    Its JSON also holds ``bucket``, ``key`` and ``size_matches``, for people reading it in the UI.
+    Format 2 names the task's calls ``calls`` (format 1: ``attempts``); it reads format 1.
+    """
+
+    FORMAT: ClassVar[int] = 2
+
     model: str | None
     source_uris: list[str]
     revised_prompt: str | None = None
     usage: dict[str, Any] | None = None
     request_id: str | None = None
-    #: POSTs this task instance sent for the image, counted in the spend ledger (0 when skipped).
-    attempts: int = 0
+    #: Calls this task instance sent for the image, in all its tries, counted in the spend ledger (0 when
+    #: skipped). The XCom key ``attempts`` in format 1.
+    calls: Annotated[int, Field(validation_alias=AliasChoices("calls", "attempts"))] = 0
     elapsed_s: float = 0.0
     #: True when the output already existed and this task paid nothing.
     skipped: bool = False

@@ -17,16 +17,18 @@ import enum
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
+
+from pydantic import AliasChoices, Field
 
 from airflow_bettertoken.exceptions import BetterTokenConfigError
-from airflow_bettertoken.protocol.record import Record, record
+from airflow_bettertoken.protocol.record import Record, Sums, record
 from airflow_bettertoken.protocol.retry import Failure
 
 __all__ = [
     "DEFAULT_CLAIM_SECONDS",
     "DEFAULT_MAX_BILLED_CALLS",
-    "Attempt",
+    "Call",
     "Claim",
     "EditEntry",
     "Holder",
@@ -55,7 +57,7 @@ CUT_STREAK_LIMIT = 3
 # Gateways answer these after reading the request, while the service may still make (and bill) the
 # image: 502 when the upstream closed the connection, 504 and Cloudflare's 52x when it took too long.
 GATEWAY_STATUSES = frozenset({502, 504, 520, 521, 522, 523, 524})
-# Attempts "cut after about the same time": within this many seconds, or this fraction, of each other.
+# Calls "cut after about the same time": within this many seconds, or this fraction, of each other.
 _SAME_CUT_SECONDS = 5.0
 _SAME_CUT_FRACTION = 0.15
 
@@ -128,20 +130,17 @@ class Holder:
         index = f"[{self.map_index}]" if self.map_index >= 0 else ""
         return f"{self.dag_id}/{self.run_id}/{self.task_id}{index} try {self.try_number} on {self.hostname}"
 
-    def same_task_instance(self, other: Holder) -> bool:
-        return (self.dag_id, self.run_id, self.task_id, self.map_index) == (
-            other.dag_id,
-            other.run_id,
-            other.task_id,
-            other.map_index,
-        )
+    @property
+    def task_instance(self) -> tuple[str, str, str, int]:
+        """The task instance without its try: the same in every try, another for another task instance."""
+        return (self.dag_id, self.task_id, self.run_id, self.map_index)
 
     def in_run(self, dag_id: str, run_id: str) -> bool:
         return (self.dag_id, self.run_id) == (dag_id, run_id)
 
 
 @record
-class Attempt:
+class Call:
     """One call, written down before it is sent and completed when it ends.
 
     :param number: counts from 1 across every try, run and DAG of the logical edit.
@@ -192,14 +191,18 @@ class Stored:
 class EditEntry:
     """One logical edit of the output: the same model, prompt, size, sources and output.
 
-    :param image_attempt: the paid call whose image was usable.
+    :param calls: every call sent (or about to be) for it, across every try, run and DAG.
+    :param image_call: the number of the paid call whose image was usable.
     :param spilled_uri: where that image waits when it could not be written to the output.
     :param spilled_result: the image's other fields (size, usage, ...), to rebuild the result from it.
     """
 
     edit_id: str
-    attempts: tuple[Attempt, ...] = ()
-    image_attempt: int | None = None
+    # Named ``attempts`` and ``image_attempt`` in format 1.
+    calls: Annotated[tuple[Call, ...], Field(validation_alias=AliasChoices("calls", "attempts"))] = ()
+    image_call: Annotated[int | None, Field(validation_alias=AliasChoices("image_call", "image_attempt"))] = (
+        None
+    )
     stored: Stored | None = None
     spilled_uri: str | None = None
     spilled_result: dict[str, Any] | None = None
@@ -208,10 +211,7 @@ class EditEntry:
     @property
     def billed_calls(self) -> int:
         """Calls that may have been billed: paid, maybe billed, and open ones (their sender may be gone)."""
-        return sum(1 for attempt in self.attempts if attempt.outcome.may_be_billed)
-
-    def attempt(self, number: int) -> Attempt | None:
-        return next((a for a in self.attempts if a.number == number), None)
+        return sum(1 for call in self.calls if call.outcome.may_be_billed)
 
 
 @record
@@ -228,7 +228,12 @@ class Claim:
 
 @record
 class OutputLedger(Record):
-    """The spend ledger of one output object: its claim and every logical edit that targeted it."""
+    """The spend ledger of one output object: its claim and every logical edit that targeted it.
+
+    Format 2 names an edit's calls ``calls`` (format 1: ``attempts``); it reads format 1.
+    """
+
+    FORMAT: ClassVar[int] = 2
 
     output_uri: str
     claim: Claim | None = None
@@ -253,25 +258,25 @@ class OutputLedger(Record):
         """Hold the output: calls left open by an earlier holder that is gone now count as maybe billed."""
         edits = []
         for entry in self.edits:
-            attempts = tuple(
-                dataclasses.replace(a, outcome=Outcome.MAYBE_BILLED, cause=lapsed_cause)
-                if a.outcome is Outcome.OPEN and a.token != claim.token
-                else a
-                for a in entry.attempts
+            calls = tuple(
+                dataclasses.replace(c, outcome=Outcome.MAYBE_BILLED, cause=lapsed_cause)
+                if c.outcome is Outcome.OPEN and c.token != claim.token
+                else c
+                for c in entry.calls
             )
-            edits.append(dataclasses.replace(entry, attempts=attempts))
+            edits.append(dataclasses.replace(entry, calls=calls))
         return dataclasses.replace(self, claim=claim, edits=tuple(edits))
 
-    def open_attempt(self, edit_id: str, by: Holder, token: str, now: float) -> tuple[OutputLedger, int]:
+    def open_call(self, edit_id: str, by: Holder, token: str, now: float) -> tuple[OutputLedger, int]:
         entry = self.entry(edit_id)
-        number = max((a.number for a in entry.attempts), default=0) + 1
-        attempt = Attempt(number=number, by=by, token=token, sent_at=now)
-        return self.with_entry(dataclasses.replace(entry, attempts=(*entry.attempts, attempt))), number
+        number = max((c.number for c in entry.calls), default=0) + 1
+        call = Call(number=number, by=by, token=token, sent_at=now)
+        return self.with_entry(dataclasses.replace(entry, calls=(*entry.calls, call))), number
 
-    def end_attempt(self, edit_id: str, number: int, **ended: Any) -> OutputLedger:
+    def end_call(self, edit_id: str, number: int, **ended: Any) -> OutputLedger:
         entry = self.entry(edit_id)
-        attempts = tuple(dataclasses.replace(a, **ended) if a.number == number else a for a in entry.attempts)
-        return self.with_entry(dataclasses.replace(entry, attempts=attempts))
+        calls = tuple(dataclasses.replace(c, **ended) if c.number == number else c for c in entry.calls)
+        return self.with_entry(dataclasses.replace(entry, calls=calls))
 
     def refuse(self, edit_id: str, refusal: Refusal) -> OutputLedger:
         entry = self.entry(edit_id)
@@ -325,7 +330,7 @@ def explain_budget(
     entry: EditEntry, policy: SpendPolicy, read_timeout: float | None = None, how_to_raise: str = ""
 ) -> str:
     """Why no call is sent: the likely cause first (what the user acts on), then the budget and each call."""
-    billed = [a for a in entry.attempts if a.outcome.may_be_billed]
+    billed = [c for c in entry.calls if c.outcome.may_be_billed]
     cause = likely_cause(billed, read_timeout)
     text = (
         "not sent: "
@@ -336,37 +341,37 @@ def explain_budget(
     return f"{text}. {how_to_raise}" if how_to_raise else text
 
 
-def _describe(attempt: Attempt) -> str:
-    ended = f" after {attempt.elapsed_s:.0f} s" if attempt.elapsed_s is not None else ""
-    why = f", {attempt.cause}" if attempt.cause else ""
-    request = f", request id {attempt.request_id}" if attempt.request_id else ""
-    return f"call {attempt.number}: {attempt.outcome.value}{ended}{why}{request}, by {attempt.by.label}"
+def _describe(call: Call) -> str:
+    ended = f" after {call.elapsed_s:.0f} s" if call.elapsed_s is not None else ""
+    why = f", {call.cause}" if call.cause else ""
+    request = f", request id {call.request_id}" if call.request_id else ""
+    return f"call {call.number}: {call.outcome.value}{ended}{why}{request}, by {call.by.label}"
 
 
-def likely_cause(attempts: Sequence[Attempt], read_timeout: float | None = None) -> str | None:
-    """What the attempts have in common, in words a user can act on; None when nothing stands out."""
-    if not attempts:
+def likely_cause(calls: Sequence[Call], read_timeout: float | None = None) -> str | None:
+    """What the calls have in common, in words a user can act on; None when nothing stands out."""
+    if not calls:
         return None
-    if all(a.outcome is Outcome.PAID for a in attempts):
-        kept = [a.evidence_uri for a in attempts if a.evidence_uri]
+    if all(c.outcome is Outcome.PAID for c in calls):
+        kept = [c.evidence_uri for c in calls if c.evidence_uri]
         where = f" (kept at {', '.join(kept)})" if kept else ""
         return (
-            f"each of {len(attempts)} answers was paid but unusable{where}: report the request ids to "
+            f"each of {len(calls)} answers was paid but unusable{where}: report the request ids to "
             "BetterToken's support"
         )
-    cuts = [a.elapsed_s for a in attempts if a.was_cut]
-    if len(cuts) != len(attempts) or len(cuts) < 2:
+    cuts = [c.elapsed_s for c in calls if c.was_cut]
+    if len(cuts) != len(calls) or len(cuts) < 2:
         return None
     middle = statistics.median(cuts)
     if max(cuts) - min(cuts) > max(_SAME_CUT_SECONDS, _SAME_CUT_FRACTION * middle):
         return None
     if read_timeout is not None and abs(middle - read_timeout) <= _SAME_CUT_SECONDS:
         return (
-            f"each of {len(cuts)} attempts ended at the read timeout ({read_timeout:.0f} s): the edit takes "
+            f"each of {len(cuts)} calls ended at the read timeout ({read_timeout:.0f} s): the edit takes "
             "longer than that; raise the connection's timeout extra"
         )
     return (
-        f"each of {len(cuts)} attempts was cut after about {middle:.0f} s: a proxy or load balancer between "
+        f"each of {len(cuts)} calls was cut after about {middle:.0f} s: a proxy or load balancer between "
         "this worker and BetterToken closes requests sooner than an edit takes; raise its timeout"
     )
 
@@ -436,7 +441,7 @@ class SpendGuard(Protocol):
 
 
 @record
-class RunSpend(Record):
+class RunSpend(Sums, Record):
     """What one DAG run spent, summed from the ledgers of the outputs it worked on."""
 
     posts: int = 0
@@ -446,15 +451,6 @@ class RunSpend(Record):
     billed_without_image: int = 0
     stopped_by_budget: int = 0
     stopped_by_run: int = 0
-
-    def __add__(self, other: RunSpend) -> RunSpend:
-        return RunSpend(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in _FIELDS})
-
-    def __sub__(self, other: RunSpend) -> RunSpend:
-        return RunSpend(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in _FIELDS})
-
-
-_FIELDS = dataclasses.fields(RunSpend)
 
 
 def run_spend(ledgers: Iterable[OutputLedger], dag_id: str, run_id: str) -> RunSpend:
@@ -466,8 +462,8 @@ def run_spend(ledgers: Iterable[OutputLedger], dag_id: str, run_id: str) -> RunS
     total = RunSpend()
     for ledger in ledgers:
         for entry in ledger.edits:
-            mine = [a for a in entry.attempts if a.by.in_run(dag_id, run_id)]
-            gave_the_image = {entry.image_attempt} if entry.stored is not None else set()
+            mine = [c for c in entry.calls if c.by.in_run(dag_id, run_id)]
+            gave_the_image = {entry.image_call} if entry.stored is not None else set()
             refusals = [r.why for r in entry.refusals if r.by.in_run(dag_id, run_id)]
             total += RunSpend(
                 posts=sum(1 for a in mine if a.sent),

@@ -244,7 +244,7 @@ class SpendLedger:
                 refused[:] = [decision.reason]
                 return ledger.refuse(self.edit_id, Refusal(self.holder, now, "budget"))
             refused.clear()
-            ledger, self._open_call = ledger.open_attempt(self.edit_id, self.holder, self.token, now)
+            ledger, self._open_call = ledger.open_call(self.edit_id, self.holder, self.token, now)
             return ledger
 
         self._change(open_call)
@@ -270,7 +270,7 @@ class SpendLedger:
         usable = outcome is Outcome.PAID and evidence is None
 
         def end_call(ledger: OutputLedger, now: float) -> OutputLedger:
-            ledger = ledger.end_attempt(
+            ledger = ledger.end_call(
                 self.edit_id,
                 number,
                 outcome=outcome,
@@ -283,7 +283,7 @@ class SpendLedger:
                 sent=sent,
             )
             if usable:
-                entry = dataclasses.replace(ledger.entry(self.edit_id), image_attempt=number)
+                entry = dataclasses.replace(ledger.entry(self.edit_id), image_call=number)
                 ledger = ledger.with_entry(entry)
             return ledger
 
@@ -346,19 +346,19 @@ class SpendLedger:
     def xcom_figures(self) -> dict[str, Any]:
         """The spend figures of the edit task's XCom: this task instance's POSTs, and the image's."""
         entry = self.entry
-        mine = [a for a in entry.attempts if a.sent and a.by.same_task_instance(self.holder)]
-        return {"attempts": len(mine), "billed_calls": entry.billed_calls, "ledger_uri": self.uri}
+        mine = [c for c in entry.calls if c.sent and c.by.task_instance == self.holder.task_instance]
+        return {"calls": len(mine), "billed_calls": entry.billed_calls, "ledger_uri": self.uri}
 
     @property
     def diagnosis(self) -> str | None:
         """The likely cause of this edit's billed calls, when they have one in common."""
-        billed = [a for a in self.entry.attempts if a.outcome.may_be_billed]
+        billed = [c for c in self.entry.calls if c.outcome.may_be_billed]
         return likely_cause(billed, self.read_timeout)
 
     @property
     def last_call_was_cut(self) -> bool:
         """Whether this edit's try ended in a call that was cut after it was sent."""
-        mine = [a for a in self.entry.attempts if a.token == self.token]
+        mine = [c for c in self.entry.calls if c.token == self.token]
         return bool(mine) and mine[-1].was_cut
 
     # -- inside ---------------------------------------------------------------------------------------

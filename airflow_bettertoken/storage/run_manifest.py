@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import AliasChoices, Field
+from pydantic import Field
 
-from airflow_bettertoken.protocol.record import Record, record
-from airflow_bettertoken.protocol.result import EditFailure, EditXCom
+from airflow_bettertoken.protocol.record import Record, Sums, record
+from airflow_bettertoken.protocol.result import EditFailure, EditXCom, OutputReport
 from airflow_bettertoken.protocol.review import ReviewRecord
 from airflow_bettertoken.protocol.spend import RunSpend
 from airflow_bettertoken.storage.findings import ListingFindings
@@ -70,18 +70,9 @@ class SizeMismatch:
 
 
 @record
-class ManifestOutput:
+class ManifestOutput(OutputReport):
     """An output the run made or found done, as its edit task reported it."""
 
-    output_uri: str
-    width: int
-    height: int
-    requested_size: str | None
-    #: The PNG's size in bytes (the key ``bytes``).
-    nbytes: Annotated[
-        int | None, Field(validation_alias=AliasChoices("bytes", "nbytes"), serialization_alias="bytes")
-    ]
-    sha256: str | None
     skipped: bool
 
 
@@ -136,23 +127,13 @@ class RunManifest(Record):
 
 
 @record
-class ReviewTotals:
+class ReviewTotals(Sums):
     """Review decisions summed over runs."""
 
     approved: int = 0
     rejected: int = 0
     reedited: int = 0
     published: int = 0
-
-    def __add__(self, other: ReviewTotals) -> ReviewTotals:
-        return ReviewTotals(*(a + b for a, b in zip(_values(self), _values(other), strict=True)))
-
-    def __sub__(self, other: ReviewTotals) -> ReviewTotals:
-        return ReviewTotals(*(a - b for a, b in zip(_values(self), _values(other), strict=True)))
-
-
-def _values(totals: ReviewTotals) -> list[int]:
-    return [getattr(totals, f.name) for f in dataclasses.fields(totals)]
 
 
 @record

@@ -249,7 +249,7 @@ def test_run_3_a_worker_killed_mid_run(cluster, cluster_report):
                 attempt.outcome is Outcome.OPEN and attempt.by.hostname == "worker1"
                 for ledger in ledgers(s3, "kill-edited/")
                 for entry in ledger.edits
-                for attempt in entry.attempts
+                for attempt in entry.calls
             )
 
         def kill_worker_1_once_it_is_paying() -> None:
@@ -287,7 +287,7 @@ def test_run_3_a_worker_killed_mid_run(cluster, cluster_report):
         lapsed = [
             a
             for ledger in ledgers(s3, "kill-edited/")
-            for a in ledger.edits[0].attempts
+            for a in ledger.edits[0].calls
             if "renewing" in (a.cause or "")
         ]
         assert len(lapsed) == paid - 60 and waits and all(wait > 0 for wait in waits)

@@ -58,7 +58,7 @@ def test_a_backfill_behind_a_proxy_that_cuts_pays_two_calls_an_image_then_stops(
     }
     reasons = [failure["reason"] for failure in manifest["failures"]]
     proxy_hint = (
-        "not sent: each of 2 attempts was cut after about 1 s: a proxy or load balancer between this "
+        "not sent: each of 2 calls was cut after about 1 s: a proxy or load balancer between this "
         "worker and BetterToken closes requests sooner than an edit takes; raise its timeout"
     )
     stop = "not sent: 3 edits of this run in a row ended in calls that were cut after they were sent"

@@ -371,7 +371,7 @@ def test_24_task_killed_mid_request_then_retried(s3, buckets, emulator, task_con
         )
     ]
     [entry] = ledger.edits
-    assert [a.outcome.value for a in entry.attempts] == ["maybe billed", "paid"]
-    assert "stopped renewing its claim" in entry.attempts[0].cause
+    assert [a.outcome.value for a in entry.calls] == ["maybe billed", "paid"]
+    assert "stopped renewing its claim" in entry.calls[0].cause
     # The killed request was generated (and billed) anyway: one extra POST at most.
     check_case("24-task-killed-mid-request", outcome, "success", 2, 1, posts=2, text=text)

@@ -17,7 +17,7 @@ JPEG = sample_image(200, 300, "jpg", seed=1)
 
 XCOM_KEYS = {
     "output_uri", "bucket", "key", "width", "height", "requested_size", "size_matches", "bytes", "sha256",
-    "model", "source_uris", "revised_prompt", "usage", "request_id", "attempts", "elapsed_s", "skipped",
+    "model", "source_uris", "revised_prompt", "usage", "request_id", "calls", "elapsed_s", "skipped",
     "aws_conn_id", "billed_calls", "ledger_uri", "format",
 }  # fmt: skip
 
@@ -40,7 +40,7 @@ def test_edit_writes_a_valid_png_with_metadata_and_returns_small_xcom(s3, bucket
     assert json.loads(json.dumps(xcom)) == xcom  # JSON-safe
     assert xcom["output_uri"] == f"s3://{buckets.out}/x/mug.png"
     assert (xcom["width"], xcom["height"], xcom["size_matches"]) == (1000, 1000, False)
-    assert (xcom["skipped"], xcom["attempts"]) == (False, 1)
+    assert (xcom["skipped"], xcom["calls"]) == (False, 1)
     obj = s3.get_object(Bucket=buckets.out, Key="x/mug.png")
     body = obj["Body"].read()
     assert verify_png(body).width == 1000

@@ -73,13 +73,13 @@ def test_the_same_broken_answer_over_three_runs_is_paid_twice_and_kept(s3, bucke
     assert "raise max_billed_calls (now 2)" in third_message
     assert third_record["error"] == "BetterTokenBudgetError"
     entry = ledger_of(s3, buckets.out).edits[0]
-    assert [(a.outcome, a.by.run_id) for a in entry.attempts] == [
+    assert [(a.outcome, a.by.run_id) for a in entry.calls] == [
         (Outcome.PAID, "run-1"),
         (Outcome.PAID, "run-2"),
     ]
     assert [r.by.run_id for r in entry.refusals] == ["run-3"]
     # Each paid answer is in S3 with its request id, and the run's failure record points at it.
-    for (_, record), attempt in zip(failures[:2], entry.attempts, strict=True):
+    for (_, record), attempt in zip(failures[:2], entry.calls, strict=True):
         assert record["evidence_uri"] == attempt.evidence_uri
         key = attempt.evidence_uri.removeprefix(f"s3://{buckets.out}/")
         kept = s3.get_object(Bucket=buckets.out, Key=key)
@@ -96,27 +96,27 @@ def test_a_task_retry_behind_a_proxy_that_cuts_sends_nothing_more(s3, buckets, e
         edit_op().execute(context_of("run-1", try_number=2))
     assert (emulator.stats()["posts"], emulator.stats()["paid"]) == (2, 2)
     [entry] = ledger_of(s3, buckets.out).edits
-    assert [(a.outcome, a.status) for a in entry.attempts] == [(Outcome.MAYBE_BILLED, 504)] * 2
+    assert [(a.outcome, a.status) for a in entry.calls] == [(Outcome.MAYBE_BILLED, 504)] * 2
 
 
 def test_the_xcom_reports_the_ledgers_spend(s3, buckets, emulator, edit_op):
     emulator.queue({"action": "drop"})
     xcom = edit_op().execute(context_of("run-1"))
-    assert (xcom["attempts"], xcom["billed_calls"], xcom["skipped"]) == (2, 2, False)
+    assert (xcom["calls"], xcom["billed_calls"], xcom["skipped"]) == (2, 2, False)
     assert xcom["ledger_uri"] == f"s3://{buckets.out}/_bettertoken/ledger/a.png.json"
     ledger = ledger_of(s3, buckets.out)
     [entry] = ledger.edits
     assert ledger.claim is None  # released once stored
-    assert (entry.stored.sha256, entry.image_attempt) == (xcom["sha256"], 2)
-    assert [a.outcome for a in entry.attempts] == [Outcome.MAYBE_BILLED, Outcome.PAID]
-    assert all(a.elapsed_s is not None and a.ended_at >= a.sent_at for a in entry.attempts)
-    assert entry.attempts[1].request_id.startswith("req_")
+    assert (entry.stored.sha256, entry.image_call) == (xcom["sha256"], 2)
+    assert [a.outcome for a in entry.calls] == [Outcome.MAYBE_BILLED, Outcome.PAID]
+    assert all(a.elapsed_s is not None and a.ended_at >= a.sent_at for a in entry.calls)
+    assert entry.calls[1].request_id.startswith("req_")
 
 
 def test_a_lost_answer_to_our_own_upload_is_done_not_skipped(s3, buckets, emulator, edit_op, faulty_s3):
     faulty_s3.lose_put_answers = 1  # the PNG is stored, the answer lost; the retry meets a 412
     xcom = edit_op(aws_conn_id="aws_faulty").execute(context_of("run-1"))
-    assert (xcom["skipped"], xcom["attempts"], emulator.stats()["paid"]) == (False, 1, 1)
+    assert (xcom["skipped"], xcom["calls"], emulator.stats()["paid"]) == (False, 1, 1)
     assert ledger_of(s3, buckets.out).edits[0].stored.sha256 == xcom["sha256"]
 
 
@@ -161,7 +161,7 @@ def test_a_claim_taken_over_is_lost_and_its_holder_sends_nothing_more(buckets):
         mine.finish(cut=None)
         theirs.finish(cut=None)
     assert not BetterTokenClaimLostError("").retryable
-    assert theirs.entry.attempts == ()  # no call was written down, so none was sent
+    assert theirs.entry.calls == ()  # no call was written down, so none was sent
 
 
 def test_a_record_that_keeps_changing_is_a_retryable_error_not_a_failure_for_good(buckets):

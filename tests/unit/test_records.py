@@ -77,7 +77,7 @@ def test_a_reader_ignores_keys_it_does_not_know():
 
 def test_a_record_of_a_later_format_asks_for_an_upgrade():
     with pytest.raises(BetterTokenRecordError, match=r"written by a later release .* upgrade it"):
-        EditXCom.load({**XCOM.dump(), "format": 2}, "XCom")
+        EditXCom.load({**XCOM.dump(), "format": EditXCom.FORMAT + 1}, "XCom")
 
 
 def test_the_failure_record_keeps_the_first_line_of_the_error_cut_short():

@@ -53,10 +53,15 @@ def test_the_chain_is_written_back_under_the_new_names_and_reads_again():
 
 
 @pytest.mark.parametrize("name", ["ledger_stored.json", "ledger_spilled.json", "ledger_claimed.json"])
-def test_each_ledger_loads_and_dumps_as_it_was_written(name):
+def test_each_ledger_loads_and_dumps_as_it_was_written_with_its_calls_renamed(name):
     document = fixture(name)
     ledger = OutputLedger.load(document, name)
-    assert json.loads(json.dumps(ledger.dump())) == document
+    written = json.loads(json.dumps(ledger.dump()))
+    # Format 2 names an edit's calls "calls" and the one that gave the image "image_call".
+    renamed = {"attempts": "calls", "image_attempt": "image_call"}
+    edits = [{renamed.get(k, k): v for k, v in entry.items()} for entry in document["edits"]]
+    assert written == {**document, "format": 2, "edits": edits}
+    assert OutputLedger.load(written, name) == ledger
 
 
 def test_the_ledgers_say_what_was_paid_and_who_holds_the_output():
@@ -65,14 +70,20 @@ def test_the_ledgers_say_what_was_paid_and_who_holds_the_output():
     assert (entry.billed_calls, entry.stored is not None, stored.claim) == (1, True, None)
     spilled = OutputLedger.load(fixture("ledger_spilled.json"), "spilled")
     [entry] = spilled.edits
-    assert (entry.billed_calls, entry.image_attempt, entry.stored) == (1, 1, None)
+    assert (entry.billed_calls, entry.image_call, entry.stored) == (1, 1, None)
     result = EditResult.from_spill_record(b"\x89PNG", entry.spilled_result, "spilled")
     assert (result.width, result.requested_size, result.attempts) == (1024, "1024x1024", 1)
     claimed = OutputLedger.load(fixture("ledger_claimed.json"), "claimed")
     [entry] = claimed.edits
-    assert [a.outcome for a in entry.attempts] == [Outcome.MAYBE_BILLED, Outcome.OPEN]
+    assert [a.outcome for a in entry.calls] == [Outcome.MAYBE_BILLED, Outcome.OPEN]
     assert claimed.claim.holder.hostname == "worker-1" and entry.refusals[0].why == "run"
     assert entry.billed_calls == 2
+
+
+def test_the_xcom_is_written_with_its_calls_renamed_in_a_new_format():
+    xcom = EditXCom.load(fixture("edit_xcom.json"), "edit_xcom.json")
+    assert (xcom.dump()["format"], xcom.dump()["calls"], "attempts" in xcom.dump()) == (2, 1, False)
+    assert EditXCom.load(xcom.dump(), "again") == xcom
 
 
 def test_the_breaker_loads():
@@ -100,9 +111,9 @@ def test_the_run_manifest_and_the_summary_load_and_fold_on():
 
 def test_the_xcom_records_load():
     xcom = EditXCom.load(fixture("edit_xcom.json"), "edit_xcom.json")
-    assert (xcom.nbytes, xcom.attempts, xcom.billed_calls, xcom.size_matches) == (27889, 1, 1, True)
+    assert (xcom.nbytes, xcom.calls, xcom.billed_calls, xcom.size_matches) == (27889, 1, 1, True)
     skipped = EditXCom.load(fixture("edit_xcom_skipped.json"), "edit_xcom_skipped.json")
-    assert (skipped.skipped, skipped.attempts) == (True, 0)
+    assert (skipped.skipped, skipped.calls) == (True, 0)
     for name, for_good in (("edit_failure_for_good.json", True), ("edit_failure_may_retry.json", False)):
         failure = EditFailure.load(fixture(name), name)
         assert failure.for_good is for_good and failure.dest.startswith("s3://records-out/edited/")

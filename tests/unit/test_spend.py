@@ -9,7 +9,7 @@ import pytest
 from airflow_bettertoken.exceptions import BetterTokenConfigError
 from airflow_bettertoken.protocol.retry import Failure
 from airflow_bettertoken.protocol.spend import (
-    Attempt,
+    Call,
     Claim,
     EditEntry,
     Holder,
@@ -35,14 +35,14 @@ NOW = 1_000_000.0
 EDIT = "e" * 64
 
 
-def call(number: int, outcome: Outcome, elapsed: float | None = 60.0, by: Holder = ME, **more) -> Attempt:
-    return Attempt(
+def call(number: int, outcome: Outcome, elapsed: float | None = 60.0, by: Holder = ME, **more) -> Call:
+    return Call(
         number=number, by=by, token="t", sent_at=NOW - 100, outcome=outcome, elapsed_s=elapsed, **more
     )
 
 
-def ledger(*attempts: Attempt, claim: Claim | None = None, **entry) -> OutputLedger:
-    return OutputLedger("s3://out/a.png", claim, (EditEntry(EDIT, tuple(attempts), **entry),))
+def ledger(*calls: Call, claim: Claim | None = None, **entry) -> OutputLedger:
+    return OutputLedger("s3://out/a.png", claim, (EditEntry(EDIT, tuple(calls), **entry),))
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_a_refusal_lists_the_calls_says_why_and_how_to_raise_the_budget():
     assert decision.verdict is Verdict.REFUSE
     # The likely cause first, as the user acts on it; then the budget, and every call.
     assert decision.reason.startswith(
-        "not sent: each of 2 attempts was cut after about 60 s: a proxy or load balancer between this "
+        "not sent: each of 2 calls was cut after about 60 s: a proxy or load balancer between this "
         "worker and BetterToken closes requests sooner than an edit takes; raise its timeout. This image "
         "has had 2 calls that may have been billed, and max_billed_calls is 2"
     )
@@ -136,7 +136,7 @@ def test_a_refusal_lists_the_calls_says_why_and_how_to_raise_the_budget():
 
 
 @pytest.mark.parametrize(
-    ("attempts", "read_timeout", "cause"),
+    ("calls", "read_timeout", "cause"),
     [
         (
             [call(1, Outcome.MAYBE_BILLED, 60.2), call(2, Outcome.MAYBE_BILLED, 60.9)],
@@ -170,27 +170,27 @@ def test_a_refusal_lists_the_calls_says_why_and_how_to_raise_the_budget():
         "none",
     ],
 )
-def test_the_likely_cause(attempts, read_timeout, cause):
-    found = likely_cause(attempts, read_timeout)
+def test_the_likely_cause(calls, read_timeout, cause):
+    found = likely_cause(calls, read_timeout)
     assert (found is None) if cause is None else (cause in found)
 
 
 def test_taking_the_claim_counts_a_dead_holders_open_call_as_maybe_billed():
-    open_call = Attempt(1, OTHER, "other-token", NOW - 200)
+    open_call = Call(1, OTHER, "other-token", NOW - 200)
     record = OutputLedger("s3://out/a.png", LAPSED_OTHER, (EditEntry(EDIT, (open_call,)),))
     taken = record.take_claim(MINE, "its sender stopped renewing")
     assert taken.claim == MINE
-    [attempt] = taken.entry(EDIT).attempts
-    assert (attempt.outcome, attempt.cause) == (Outcome.MAYBE_BILLED, "its sender stopped renewing")
+    [call] = taken.entry(EDIT).calls
+    assert (call.outcome, call.cause) == (Outcome.MAYBE_BILLED, "its sender stopped renewing")
     assert taken.entry(EDIT).billed_calls == 1
 
 
 def test_calls_are_numbered_across_tries_and_ended_by_number():
-    record, first = OutputLedger("s3://out/a.png").open_attempt(EDIT, ME, "t1", NOW)
-    record, second = record.open_attempt(EDIT, OTHER, "t2", NOW + 1)
-    record = record.end_attempt(EDIT, first, outcome=Outcome.PAID, elapsed_s=3.0)
+    record, first = OutputLedger("s3://out/a.png").open_call(EDIT, ME, "t1", NOW)
+    record, second = record.open_call(EDIT, OTHER, "t2", NOW + 1)
+    record = record.end_call(EDIT, first, outcome=Outcome.PAID, elapsed_s=3.0)
     assert (first, second) == (1, 2)
-    assert [a.outcome for a in record.entry(EDIT).attempts] == [Outcome.PAID, Outcome.OPEN]
+    assert [a.outcome for a in record.entry(EDIT).calls] == [Outcome.PAID, Outcome.OPEN]
 
 
 def test_the_ledger_round_trips_through_json():
@@ -198,7 +198,7 @@ def test_the_ledger_round_trips_through_json():
         call(1, Outcome.MAYBE_BILLED, status=504, request_id="r1", cause="HTTP 504"),
         call(2, Outcome.PAID, evidence_uri="s3://out/_bettertoken/evidence/a.png/x-call-2.bin"),
         claim=MINE,
-        image_attempt=2,
+        image_call=2,
         stored=Stored("ab" * 32, NOW, ME),
         refusals=(Refusal(OTHER, NOW, "budget"),),
     )
@@ -233,7 +233,7 @@ def test_a_runs_spend_is_its_own_share_of_each_ledger():
     cut = call(2, Outcome.MAYBE_BILLED)
     paid = call(3, Outcome.PAID)
     elsewhere = call(4, Outcome.PAID, by=OTHER)
-    stored = ledger(not_sent, cut, paid, elsewhere, image_attempt=3, stored=Stored("s", NOW, ME))
+    stored = ledger(not_sent, cut, paid, elsewhere, image_call=3, stored=Stored("s", NOW, ME))
     lost = OutputLedger(
         "s3://out/b.png",
         edits=(EditEntry("f" * 64, (call(1, Outcome.OPEN),), refusals=(Refusal(ME, NOW, "budget"),)),),
