@@ -90,7 +90,10 @@ with DAG(
 
     batch = new_batch()
     images = BetterTokenListImagesOperator(
-        task_id="list_new_images", source_prefix=batch["source_prefix"], dest_prefix=batch["dest_prefix"]
+        task_id="list_new_images",
+        source_prefix=batch["source_prefix"],
+        dest_prefix=batch["dest_prefix"],
+        allow_empty=True,  # a batch may hold nothing new: that run edits nothing and succeeds
     )
     edits = BetterTokenImageEditOperator.partial(
         task_id="edit_image", prompt="{{ params.prompt }}", outlets=[EDITED], retries=2

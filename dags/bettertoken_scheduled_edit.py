@@ -36,6 +36,7 @@ with DAG(
         task_id="list_todays_images",
         source_prefix="s3://{{ params.in_bucket }}/incoming/{{ ds }}/",
         dest_prefix="s3://{{ params.out_bucket }}/edited/{{ ds }}/",
+        allow_empty=True,  # a day with no new images is normal: the edit task is skipped
     )
     edits = BetterTokenImageEditOperator.partial(
         task_id="edit_image",

@@ -135,7 +135,12 @@ class BetterTokenHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return UI_FIELD_BEHAVIOUR
+        """The connection form, for Airflow 3.0 and 3.1: they read it here, 3.2+ from the provider info.
+
+        The provider info spells its keys ``hidden-fields``; this method's answer must pass Airflow's
+        ``customized_form_field_behaviours`` schema, which wants ``hidden_fields``: one source, two spellings.
+        """
+        return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
 
     @cached_property
     def _settings(self) -> ConnectionSettings:

@@ -16,7 +16,13 @@ from airflow_bettertoken.operators.preflight import preflight
 from airflow_bettertoken.storage.chain import ChainState, chain_location, progress_line, with_window_of
 from airflow_bettertoken.storage.chunks import plan_chunk
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
-from airflow_bettertoken.storage.listing import COUNTS_KEY, Plan, plan_every_edit
+from airflow_bettertoken.storage.listing import (
+    COUNTS_KEY,
+    Plan,
+    empty_source_error,
+    nearby_prefixes,
+    plan_every_edit,
+)
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.objects import ImageStore
 from airflow_bettertoken.storage.records import ConditionalRecord
@@ -35,6 +41,10 @@ class BetterTokenListImagesOperator(BaseOperator):
     Returns ``[{"source": ..., "dest": ...}, ...]`` for
     ``BetterTokenImageEditOperator.partial(...).expand_kwargs(...)``, in source key order, so that chunks
     are stable from run to run. An empty list makes Airflow skip the mapped edit.
+
+    A source prefix that holds no image at all fails the task (a mistyped prefix must not make a green
+    run that edits nothing), naming the prefix and the prefixes next to it, unless ``allow_empty``.
+    Images that are all done already are no error: that run plans nothing and succeeds.
 
     Paginated LISTs decide what is pending; no object is read. Runs chained by
     :class:`~airflow_bettertoken.operators.next_chunk.BetterTokenNextChunkOperator` share a record
@@ -64,6 +74,8 @@ class BetterTokenListImagesOperator(BaseOperator):
         later runs and counted in ``remaining``.
     :param replan_failed: plan again the edits that failed for good in earlier runs of the chain (a
         forced retry, say after raising ``max_billed_calls``). (templated)
+    :param allow_empty: a source prefix with no image is a normal, empty batch (say, a stream that may
+        have nothing new), not an error.
     :param preflight: run the preflight checks first.
     :param s3_extra_args: what the edits add to every S3 write, with ``S3Hook``'s meaning, e.g.
         ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``: the preflight's probe is written
@@ -91,6 +103,7 @@ class BetterTokenListImagesOperator(BaseOperator):
         only_pending: bool = True,
         max_edits: int | str | None = None,
         replan_failed: bool | str = False,
+        allow_empty: bool = False,
         preflight: bool = True,
         s3_extra_args: dict[str, Any] | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
@@ -104,6 +117,7 @@ class BetterTokenListImagesOperator(BaseOperator):
         self.only_pending = only_pending
         self.max_edits = max_edits
         self.replan_failed = replan_failed
+        self.allow_empty = allow_empty
         self.preflight = preflight
         self.s3_extra_args = s3_extra_args
         self.bettertoken_conn_id = bettertoken_conn_id
@@ -132,6 +146,8 @@ class BetterTokenListImagesOperator(BaseOperator):
                 plan, chain = self._plan_chunk(context["ti"], source, dest, limit)
             else:
                 plan, chain = plan_every_edit(self.store, source, dest, max_edits=limit), None
+        if plan.images == 0:
+            self._no_images(source, plan)
         context["ti"].xcom_push(key=COUNTS_KEY, value=plan.counts.dump())
         findings = ListingFindings.of(plan.skipped, store_check)
         context["ti"].xcom_push(key=FINDINGS_KEY, value=findings.dump())
@@ -147,6 +163,15 @@ class BetterTokenListImagesOperator(BaseOperator):
                 "%d pending images are left for later runs (max_edits=%d per run)", plan.remaining, limit
             )
         return self._staged(plan.edits, dest)
+
+    def _no_images(self, source: S3Location, plan: Plan) -> None:
+        """Fail on a source with no image, before any edit is planned, unless the DAG allows it."""
+        if self.allow_empty:
+            self.log.info("No image under %s; allow_empty is set, so nothing is edited", source.uri)
+            return
+        nearby = nearby_prefixes(self.store.io, source)
+        with fail_task_on_permanent_error():
+            raise empty_source_error(source, "source_prefix", nearby, skipped=len(plan.skipped))
 
     def _staged(self, edits: list[dict[str, str]], dest: S3Location) -> list[dict[str, str]]:
         """The planned edits, written under ``stage_prefix`` instead of ``dest_prefix`` when it is set."""

@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from airflow_bettertoken.exceptions import BetterTokenError, BetterTokenStorageError
-from airflow_bettertoken.plugins._catalog import find_catalog, listing_fields
+from airflow_bettertoken.plugins._catalog import Catalog, find_catalog, listing_fields
 from airflow_bettertoken.plugins._catalog_html import CATALOG_CSS, render_catalog
 from airflow_bettertoken.plugins._edit_tasks import AwsConnection, EditTaskIndex
 from airflow_bettertoken.plugins._html import CSS, render_page, render_review_page
@@ -47,7 +47,15 @@ from airflow_bettertoken.plugins._review import (
     read_form,
     valid_csrf_token,
 )
-from airflow_bettertoken.plugins._rows import PAGE_SIZE, WHICH, EditRow, RowSources, edit_rows, find_row
+from airflow_bettertoken.plugins._rows import (
+    PAGE_SIZE,
+    WHICH,
+    EditRow,
+    RowSources,
+    dag_tasks_of_run,
+    edit_rows,
+    find_row,
+)
 from airflow_bettertoken.protocol.review import Decision, ReviewItem, ReviewRecord
 from airflow_bettertoken.protocol.wire import SIZES
 from airflow_bettertoken.storage.locations import S3Location
@@ -173,6 +181,17 @@ def create_gallery_app() -> FastAPI:
                 query.update(task_id=task_id, map_index=map_index if map_index is not None else -1)
             return f"{run_path}?{urlencode(query)}"
 
+        def task_url(upstream: str) -> str:
+            # Airflow's own page of the task instance, which opens on its log: from .../runs/<run>, up to
+            # the API server's root (/bettertoken/dags/<dag>/runs/), then its UI's path.
+            return (
+                f"../../../../dags/{quote(dag_id, safe='')}/runs/{run_path}/tasks/{quote(upstream, safe='')}"
+            )
+
+        has_edit_tasks = bool(total) or any(
+            found.edits for found in dag_tasks_of_run(session, edit_tasks, dag_id, run_id).values()
+        )
+
         html = render_page(
             dag_id=dag_id,
             run_id=run_id,
@@ -184,6 +203,8 @@ def create_gallery_app() -> FastAPI:
             page_url=page_url,
             css_url="../../../static/gallery.css",
             catalog_url=f"{run_path}/catalog" if listing_fields(session, dag_id, run_id) else None,
+            task_url=task_url,
+            has_edit_tasks=has_edit_tasks,
         )
         return HTMLResponse(html)
 
@@ -195,7 +216,14 @@ def create_gallery_app() -> FastAPI:
         page: int = Query(1, ge=1, le=100_000),
     ) -> HTMLResponse:
         _check_run(session, dag_id, run_id)
-        catalog = find_catalog(session, images.objects, dag_id, run_id, admin_conn_id())
+        has_listing = any(
+            found.has_listing for found in dag_tasks_of_run(session, edit_tasks, dag_id, run_id).values()
+        )
+        catalog = (
+            find_catalog(session, images.objects, dag_id, run_id, admin_conn_id())
+            if has_listing
+            else Catalog(None, None)
+        )
         html = render_catalog(
             dag_id=dag_id,
             run_id=run_id,
@@ -205,6 +233,7 @@ def create_gallery_app() -> FastAPI:
             run_url=lambda other: f"../{quote(other, safe='')}",
             page_url=lambda number: f"catalog?{urlencode({'page': number})}",
             css_url="../../../../static/gallery.css",
+            has_listing=has_listing,
         )
         return HTMLResponse(html)
 

@@ -17,6 +17,10 @@ from airflow_bettertoken.storage.chain import ChainState, duration
 #: Failures shown on one page of the catalog.
 FAILURES_PER_PAGE = 50
 BUDGET_ERROR = "BetterTokenBudgetError"
+NO_CATALOG = (
+    "This run has no catalog backfill: its DAG has no BetterToken listing task. Airflow shows a plugin's "
+    "tabs on every DAG; an admin can hide this one with [bettertoken] catalog_tab = False."
+)
 
 CATALOG_CSS = """
 progress.catalog { width: 100%; max-width: 640px; height: 18px; display: block; margin: 4px 0 2px; }
@@ -128,11 +132,15 @@ def render_catalog(
     run_url: Callable[[str], str],
     page_url: Callable[[int], str],
     css_url: str,
+    has_listing: bool = True,
 ) -> str:
     state = catalog.state
     title = f"Catalog: {escape(dag_id)} {escape(run_id)}"
     record = f"record: {escape(catalog.location.uri)}" if catalog.location else "no record"
-    if state is None:
+    if not has_listing:  # a neutral page: the tab shows on every DAG, catalogs or not
+        body = f"<p>{escape(NO_CATALOG)}</p>"
+        meta = f"{escape(dag_id)} &middot; {escape(run_id)}"
+    elif state is None:
         body = f'<p class="reason">No catalog to show: {escape(catalog.reason or "")}.</p>'
         meta = f"{escape(dag_id)} &middot; {escape(run_id)} &middot; {record}"
     else:

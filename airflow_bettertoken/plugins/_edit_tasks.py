@@ -1,4 +1,5 @@
-"""Which tasks of a DAG version are edits, and the AWS connection their DAG gives them.
+"""Which tasks of a DAG version are edits, the AWS connection their DAG gives them, the tasks they wait
+on, and whether the DAG lists a catalog.
 
 Both come from the serialized DAG, which the DAG processor writes from the DAG files and the REST API
 cannot change. It is read as JSON, so the API server imports no user code: an edit task is one whose
@@ -21,10 +22,13 @@ from sqlalchemy.orm import Session
 
 from airflow_bettertoken.operators._links import OutputImageLink
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 
 #: What a mapped edit uses when its DAG does not pass aws_conn_id to partial().
 DEFAULT_AWS_CONN_ID = inspect.signature(BetterTokenImageEditOperator).parameters["aws_conn_id"].default
 _MARKER = (OutputImageLink.name, OutputImageLink().xcom_key)
+#: The template fields that make a task a catalog listing (a subclass keeps them).
+LISTING_FIELDS = frozenset({"source_prefix", "dest_prefix", "replan_failed"})
 # Parsed DAG versions kept; a version's JSON does not change once task instances point at it.
 _CACHED_VERSIONS = 64
 
@@ -47,10 +51,23 @@ class EditTask:
 
     :param aws_conn: the connection the DAG gives it; None when the DAG does not say (templated, or
         mapped per task instance), so that only the rendered fields or an admin's setting can.
+    :param mapped: a mapped task: its map index -1 is no edit, only the task before it expanded.
+    :param upstream: every task it waits on, directly or not, the nearest first: where to look for
+        the reason it did not run.
     """
 
     task_id: str
     aws_conn: AwsConnection | None
+    mapped: bool = False
+    upstream: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DagTasks:
+    """What the gallery needs of one DAG version: its edit tasks, and whether it lists a catalog."""
+
+    edits: dict[str, EditTask]
+    has_listing: bool = False
 
 
 def _is_template(value: str) -> bool:
@@ -77,15 +94,48 @@ def dag_connection(task: Mapping[str, Any]) -> AwsConnection | None:
     return AwsConnection(value, "the DAG")
 
 
+def _upstream(task_id: str, downstream: Mapping[str, list[str]]) -> tuple[str, ...]:
+    """Every task that ``task_id`` waits on, nearest first (breadth first over the reversed edges)."""
+    parents: dict[str, list[str]] = {}
+    for parent, children in downstream.items():
+        for child in children:
+            parents.setdefault(child, []).append(parent)
+    found: list[str] = []
+    level = sorted(parents.get(task_id, []))
+    while level:
+        found += [t for t in level if t not in found]
+        level = sorted({p for t in level for p in parents.get(t, []) if p not in found})
+    return tuple(found)
+
+
+def _tasks(serialized_dag: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [node.get("__var") or {} for node in (serialized_dag.get("dag") or {}).get("tasks") or []]
+
+
 def edit_tasks_of(serialized_dag: Mapping[str, Any]) -> dict[str, EditTask]:
     """The edit tasks of a serialized DAG (``SerializedDagModel.data``), by task id."""
+    all_tasks = _tasks(serialized_dag)
+    downstream = {t["task_id"]: list(t.get("downstream_task_ids") or []) for t in all_tasks if "task_id" in t}
     tasks = {}
-    for node in (serialized_dag.get("dag") or {}).get("tasks") or []:
-        task = node.get("__var") or {}
+    for task in all_tasks:
         links = task.get("_operator_extra_links") or {}
         if isinstance(links, Mapping) and links.get(_MARKER[0]) == _MARKER[1]:
-            tasks[task["task_id"]] = EditTask(task["task_id"], dag_connection(task))
+            task_id = task["task_id"]
+            tasks[task_id] = EditTask(
+                task_id,
+                dag_connection(task),
+                mapped=bool(task.get("_is_mapped")),
+                upstream=_upstream(task_id, downstream),
+            )
     return tasks
+
+
+def dag_tasks_of(serialized_dag: Mapping[str, Any]) -> DagTasks:
+    """The edit tasks of a serialized DAG, and whether one of its tasks is a catalog listing."""
+    has_listing = any(
+        set(task.get("template_fields") or ()) >= LISTING_FIELDS for task in _tasks(serialized_dag)
+    )
+    return DagTasks(edit_tasks_of(serialized_dag), has_listing)
 
 
 class EditTaskIndex:
@@ -93,11 +143,15 @@ class EditTaskIndex:
 
     def __init__(self, max_versions: int = _CACHED_VERSIONS) -> None:
         self.max_versions = max_versions
-        self._parsed: OrderedDict[tuple[str, str], dict[str, EditTask]] = OrderedDict()
+        self._parsed: OrderedDict[tuple[str, str], DagTasks] = OrderedDict()
         self._lock = threading.Lock()
 
     def edit_tasks(self, session: Session, version_ids: Collection[Any]) -> dict[Any, dict[str, EditTask]]:
         """The edit tasks of each DAG version, by version id; one small query when all are cached."""
+        return {version: tasks.edits for version, tasks in self.dag_tasks(session, version_ids).items()}
+
+    def dag_tasks(self, session: Session, version_ids: Collection[Any]) -> dict[Any, DagTasks]:
+        """What the gallery needs of each DAG version, by version id."""
         if not version_ids:
             return {}
         hashes = session.execute(
@@ -116,10 +170,14 @@ class EditTaskIndex:
                 model = session.scalar(
                     select(SerializedDagModel).where(SerializedDagModel.dag_version_id == version_id)
                 )
-                tasks = edit_tasks_of(model.data or {}) if model is not None else {}
+                tasks = dag_tasks_of(model.data or {}) if model is not None else DagTasks({})
                 with self._lock:
                     self._parsed[key] = tasks
                     while len(self._parsed) > self.max_versions:
                         self._parsed.popitem(last=False)
             found[version_id] = tasks
         return found
+
+
+# The listing's fields, kept in step with the operator: a renamed one would hide the catalog page.
+assert set(BetterTokenListImagesOperator.template_fields) >= LISTING_FIELDS

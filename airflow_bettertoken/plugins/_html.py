@@ -25,6 +25,9 @@ article.edit h2 { font-size: 15px; margin: 0; word-break: break-all; }
 .status { border-radius: 10px; padding: 1px 8px; font-size: 12px; font-weight: 600; }
 .status-done { background: #dcf5e3; color: #136b2e; } .status-skipped { background: #e8ecf3; color: #3d4a63; }
 .status-failed { background: #fde2e1; color: #a11d16; } .status-other { background: #fff3cd; color: #7a5b00; }
+.status-not-run { background: #fff; color: #3d4a63; border: 1px dashed #8a93a6; }
+section.legend { border-top: 1px solid #dde2ec; margin-top: 16px; padding-top: 8px; color: #3d4a63; }
+section.legend h2 { font-size: 14px; margin: 0 0 6px; } section.legend dl { flex: none; gap: 4px 12px; }
 .body { display: flex; gap: 24px; align-items: flex-start; flex-wrap: wrap; }
 .images { display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
 figure { margin: 0; } figure .thumbs { display: flex; gap: 6px; flex-wrap: wrap; }
@@ -57,7 +60,11 @@ def _thumb(row: EditRow, which: str, alt: str, image_url: ImageUrl) -> str:
     )
 
 
-def _details(row: EditRow) -> str:
+#: The URL of a task of the run in Airflow's UI (its log), or None where there is no Airflow UI.
+TaskUrl = Callable[[str], str]
+
+
+def _details(row: EditRow, task_url: TaskUrl | None = None) -> str:
     result, items = row.result, []
     if result:
         requested = result.requested_size or "?"
@@ -75,6 +82,12 @@ def _details(row: EditRow) -> str:
             ("output", escape(result.output_uri)),
             ("sha256", escape((result.sha256 or "")[:12])),
         ]
+    if row.not_run is not None:
+        why = escape(row.not_run.text)
+        if row.not_run.upstream_task and task_url is not None:
+            link = escape(task_url(row.not_run.upstream_task))
+            why += f' (<a href="{link}">{escape(row.not_run.upstream_task)}: its log</a>)'
+        items.append(("why", why))
     if row.failure:
         reason = f"{row.failure.error}: {row.failure.reason}"
         items.append(("failure", f'<span class="reason">{escape(reason)}</span>'))
@@ -94,9 +107,14 @@ def _details(row: EditRow) -> str:
     return "<dl>" + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in items) + "</dl>"
 
 
-def _row(row: EditRow, image_url: ImageUrl, anchors: bool, extra: str = "") -> str:
+def _row(
+    row: EditRow, image_url: ImageUrl, anchors: bool, extra: str = "", task_url: TaskUrl | None = None
+) -> str:
     status = row.status if row.status in ("done", "skipped", "failed") else "other"
+    status = "not-run" if row.status == "not run" else status
     label = row.label or row.task_id
+    # A mapped edit's map index; an unmapped one (-1) is its task alone.
+    task_name = f"{row.task_id}[{row.map_index}]" if row.map_index >= 0 else row.task_id
     count = len(row.shown.sources)
     if row.shown.reason:  # an unverified record: its XCom as text in the details, no image at all
         sources = output = '<span class="empty">not shown</span>'
@@ -114,15 +132,19 @@ def _row(row: EditRow, image_url: ImageUrl, anchors: bool, extra: str = "") -> s
         sources = "<br>".join(f'<a href="{escape(url)}">{escape(name)}</a>' for url, name in links)
         output = '<span class="empty">no image</span>'
     ids = (' id="sources"', ' id="output"') if anchors else ("", "")
-    return (
-        f'<article class="edit"><header><h2>{escape(label)}</h2>'
-        f'<span class="status status-{status}">{escape(row.status)}</span>'
-        f'<span class="meta">{escape(row.task_id)}[{row.map_index}]</span></header>'
-        f'<div class="body"><div class="images"><figure{ids[0]}><div class="thumbs">{sources}</div>'
+    images = (
+        f'<div class="images"><figure{ids[0]}><div class="thumbs">{sources}</div>'
         f"<figcaption>source{'s' if count != 1 else ''}</figcaption></figure>"
         f'<span class="arrow" aria-hidden="true">&rarr;</span>'
         f'<figure{ids[1]}><div class="thumbs">{output}</div><figcaption>output</figcaption></figure></div>'
-        f"{_details(row)}</div>{extra}</article>"
+    )
+    if row.not_run is not None and not count:  # nothing read, nothing written: no empty frames
+        images = ""
+    return (
+        f'<article class="edit"><header><h2>{escape(label)}</h2>'
+        f'<span class="status status-{status}">{escape(row.status)}</span>'
+        f'<span class="meta">{escape(task_name)}</span></header>'
+        f'<div class="body">{images}{_details(row, task_url)}</div>{extra}</article>'
     )
 
 
@@ -137,6 +159,47 @@ def page_nav(page: int, pages: int, page_url: Callable[[int], str]) -> str:
     return f'<nav class="pages">{"".join(links)}</nav>'
 
 
+#: Every badge and mark a row can show, and what it means: the page's legend.
+LEGEND = (
+    ('<span class="status status-done">done</span>', "the edit wrote its output (the images shown)"),
+    ('<span class="status status-skipped">skipped</span>', "the output was there already: nothing was paid"),
+    ('<span class="status status-failed">failed</span>', "the edit failed: its record says why"),
+    (
+        '<span class="status status-not-run">not run</span>',
+        "Airflow did not run the edit: the row names the task it waited on, with a link to that task's log",
+    ),
+    (
+        '<span class="status status-other">running</span>',
+        "any other badge is Airflow's own state of a task not finished (queued, deferred, up for retry...)",
+    ),
+    (
+        '<span class="badge-mismatch">size differs</span>',
+        "the service answered with another size than the one asked for (hover: the size asked)",
+    ),
+    (
+        '<span class="reason">not verified</span>',
+        "the task's record (its XCom) does not agree with what only the worker writes: it is shown as "
+        "text, with no image",
+    ),
+    ("sources &rarr; output", "thumbnails of what the edit read and wrote; click one for full size"),
+)
+
+
+def legend() -> str:
+    items = "".join(f"<dt>{mark}</dt><dd>{escape(text)}</dd>" for mark, text in LEGEND)
+    return f'<section class="legend"><h2>Legend</h2><dl>{items}</dl></section>'
+
+
+#: The page of a run with no edit row, by whether its DAG has edit tasks at all.
+NO_EDITS = {
+    True: "This run has no image edits: its edit tasks had nothing to edit.",
+    False: (
+        "This run has no image edits: its DAG has no BetterToken edit task. Airflow shows a plugin's "
+        "tabs on every DAG; an admin can hide this one with [bettertoken] gallery_tab = False."
+    ),
+}
+
+
 def render_page(
     *,
     dag_id: str,
@@ -149,6 +212,8 @@ def render_page(
     page_url: Callable[[int], str],
     css_url: str,
     catalog_url: str | None = None,
+    task_url: TaskUrl | None = None,
+    has_edit_tasks: bool = True,
 ) -> str:
     counts: dict[str, int] = {}
     for row in rows:
@@ -156,15 +221,18 @@ def render_page(
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no edits"
     nav = page_nav(page, pages, page_url)
     catalog = f' &middot; <a href="{escape(catalog_url)}">catalog progress</a>' if catalog_url else ""
-    body = "".join(_row(row, image_url, anchors=len(rows) == 1) for row in rows)
-    body = body or '<p class="empty">This run has no edit tasks.</p>'
+    body = "".join(_row(row, image_url, anchors=len(rows) == 1, task_url=task_url) for row in rows)
+    if total:
+        body = (body or '<p class="empty">No edit on this page.</p>') + legend()
+        counted = f" &middot; {total} edit task{'s' if total != 1 else ''}; this page: {escape(summary)}"
+    else:  # a neutral page: the tab shows on every DAG, edits or not
+        body, counted, nav = f"<p>{escape(NO_EDITS[has_edit_tasks])}</p>", "", ""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Edited images: {escape(dag_id)} {escape(run_id)}</title>"
         f'<link rel="stylesheet" href="{escape(css_url)}"></head><body>'
-        f'<h1>Edited images</h1><p class="meta">{escape(dag_id)} &middot; {escape(run_id)} &middot; '
-        f"{total} edit task{'s' if total != 1 else ''}; this page: {escape(summary)}"
-        f"{catalog}</p>"
+        f'<h1>Edited images</h1><p class="meta">{escape(dag_id)} &middot; {escape(run_id)}'
+        f"{counted}{catalog}</p>"
         f"{nav}{body}{nav}</body></html>"
     )
 

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 from airflow.models.renderedtifields import RenderedTaskInstanceFields
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XComModel
-from sqlalchemy import and_, false, func, or_, select
+from sqlalchemy import and_, false, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from airflow_bettertoken.exceptions import BetterTokenRecordError
-from airflow_bettertoken.plugins._edit_tasks import AwsConnection, EditTask, EditTaskIndex
+from airflow_bettertoken.plugins._edit_tasks import AwsConnection, DagTasks, EditTask, EditTaskIndex
 from airflow_bettertoken.plugins._trust import HeadMetadata, Reported, Shown, choose_connection, decide
 from airflow_bettertoken.protocol.record import Record
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
@@ -34,6 +34,40 @@ _MAX_UNREADABLE_CHARS = 600
 NO_RENDERED_FIELDS = (
     "Airflow holds no rendered fields for this task instance (it keeps those of a task's latest runs only)"
 )
+
+
+#: Airflow's states of a task instance that has not run (and, with no record, never started).
+NOT_RUN_STATES = frozenset({"upstream_failed", "skipped", "removed", "none", "scheduled"})
+#: The states of a mapped task's index -1 once it expanded to nothing: no edit at all, so no row.
+_EXPANDED_TO_NOTHING = ("skipped", "removed")
+
+
+@dataclass(frozen=True)
+class NotRun:
+    """Why an edit did not run: the task it waited on that explains it, with that task's state.
+
+    :param state: the edit's own state.
+    :param upstream_task: the nearest task it waits on that failed (or was skipped, or is not done);
+        None when none explains it.
+    """
+
+    state: str
+    upstream_task: str | None = None
+    upstream_state: str | None = None
+
+    @property
+    def text(self) -> str:
+        """One line, e.g. "not run: list_images failed"."""
+        task, state = self.upstream_task, self.upstream_state
+        if self.state in ("none", "scheduled"):
+            return f"not run yet: waiting for {task} ({state})" if task else "not run yet"
+        if self.state == "removed":
+            return "not run: the task is no longer in the DAG"
+        if task and state in ("failed", "upstream_failed"):
+            return f"not run: {task} {'failed' if state == 'failed' else 'did not run either'}"
+        if task and state == "skipped":
+            return f"not run: {task} was skipped"
+        return f"not run: {self.state.replace('_', ' ')}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +90,7 @@ class EditRow:
     state: str
     reported: Reported
     shown: Shown
+    not_run: NotRun | None = None
 
     @property
     def result(self) -> EditXCom | None:
@@ -67,8 +102,10 @@ class EditRow:
 
     @property
     def status(self) -> str:
-        """Done or skipped as the XCom says, once verified; otherwise Airflow's own task state."""
+        """Done or skipped as the XCom says, once verified; "not run" with a reason; else Airflow's state."""
         verified = self.shown.reason is None
+        if self.not_run is not None:
+            return "not run"
         if self.result and verified:
             return "skipped" if self.result.skipped else "done"
         failed = self.state in ("failed", "upstream_failed") or (self.failure and verified)
@@ -108,15 +145,30 @@ def _instances_query() -> Any:
     )
 
 
-def _edit_tasks_of_run(
-    session: Session, sources: RowSources, dag_id: str, run_id: str
-) -> dict[Any, dict[str, EditTask]]:
+def dag_tasks_of_run(session: Session, index: EditTaskIndex, dag_id: str, run_id: str) -> dict[Any, DagTasks]:
+    """What the gallery needs of the DAG versions the run's task instances belong to, by version id."""
     versions = session.scalars(
         select(TaskInstance.dag_version_id)
         .where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
         .distinct()
     ).all()
-    return sources.edit_tasks.edit_tasks(session, [v for v in versions if v is not None])
+    return index.dag_tasks(session, [v for v in versions if v is not None])
+
+
+def _is_edit(version: Any, tasks: Mapping[str, EditTask]) -> Any:
+    """The SQL condition for an edit row of this DAG version: a mapped edit's index -1 that expanded
+    to nothing is no edit (it never ran and never will)."""
+    mapped = [task_id for task_id, task in tasks.items() if task.mapped]
+    expanded_to_nothing = and_(
+        TaskInstance.map_index == -1,
+        TaskInstance.task_id.in_(mapped),
+        func.coalesce(TaskInstance.state, "none").in_(_EXPANDED_TO_NOTHING),
+    )
+    return and_(
+        TaskInstance.dag_version_id == version,
+        TaskInstance.task_id.in_(list(tasks)),
+        not_(expanded_to_nothing) if mapped else True,
+    )
 
 
 def edit_rows(
@@ -130,12 +182,9 @@ def edit_rows(
     page: int = 1,
 ) -> tuple[int, list[EditRow]]:
     """How many edit task instances the run has (matching the filter), and one page of them."""
-    tasks = _edit_tasks_of_run(session, sources, dag_id, run_id)
-    is_edit = [
-        and_(TaskInstance.dag_version_id == version, TaskInstance.task_id.in_(list(by_id)))
-        for version, by_id in tasks.items()
-        if by_id
-    ]
+    dag_tasks = dag_tasks_of_run(session, sources.edit_tasks, dag_id, run_id)
+    tasks = {version: found.edits for version, found in dag_tasks.items()}
+    is_edit = [_is_edit(version, by_id) for version, by_id in tasks.items() if by_id]
     query = _instances_query().where(
         TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, or_(*is_edit) if is_edit else false()
     )
@@ -168,7 +217,8 @@ def find_row(
     if instance is None or instance.dag_version_id is None:
         return None
     tasks = sources.edit_tasks.edit_tasks(session, [instance.dag_version_id])
-    if task_id not in tasks.get(instance.dag_version_id, {}):
+    task = tasks.get(instance.dag_version_id, {}).get(task_id)
+    if task is None or (task.mapped and map_index == -1 and instance.state in _EXPANDED_TO_NOTHING):
         return None
     return _rows(session, sources, dag_id, run_id, [instance], tasks)[0]
 
@@ -239,6 +289,7 @@ def _rows(
     if not instances:
         return []
     values, rendered_fields = _recorded(session, dag_id, run_id, instances)
+    states = _upstream_states(session, dag_id, run_id, instances, tasks)
     rows = []
     for instance in instances:
         key = (instance.task_id, instance.map_index)
@@ -249,17 +300,85 @@ def _rows(
             sources.admin_conn_id, rendered, tasks[instance.dag_version_id][instance.task_id]
         )
         ti = TaskInstanceRef(dag_id, run_id, *key)
+        state = _state(instance.state)
+        shown = decide(ti, reported, rendered, aws_conn, sources.head, no_rendered_fields=NO_RENDERED_FIELDS)
+        task = tasks[instance.dag_version_id][instance.task_id]
         rows.append(
             EditRow(
                 task_id=instance.task_id,
                 map_index=instance.map_index,
-                label=instance.rendered_map_index
-                or (str(instance.map_index) if instance.map_index >= 0 else ""),
-                state=str(getattr(instance.state, "value", instance.state) or "none"),
+                label=_label(instance, shown),
+                state=state,
                 reported=reported,
-                shown=decide(
-                    ti, reported, rendered, aws_conn, sources.head, no_rendered_fields=NO_RENDERED_FIELDS
-                ),
+                shown=shown,
+                not_run=_not_run(state, shown, task, states),
             )
         )
     return rows
+
+
+def _state(state: Any) -> str:
+    return str(getattr(state, "value", state) or "none")
+
+
+def _label(instance: Any, shown: Shown) -> str:
+    """A mapped edit's rendered map index (its image's path); an unmapped edit's source's name."""
+    if instance.map_index >= 0:
+        return instance.rendered_map_index or str(instance.map_index)
+    if shown.sources:
+        name = shown.sources[0].key.rsplit("/", 1)[-1]
+        return name + (f" and {len(shown.sources) - 1} more" if len(shown.sources) > 1 else "")
+    return ""
+
+
+# The order in which an upstream state explains an edit that did not run: a failure first.
+_EXPLAINS = ("failed", "upstream_failed", "skipped")
+
+
+def _upstream_states(
+    session: Session,
+    dag_id: str,
+    run_id: str,
+    instances: list[Any],
+    tasks: Mapping[Any, Mapping[str, EditTask]],
+) -> dict[str, str]:
+    """The state of every task the not-run edits wait on, in one query; for a mapped task, its worst."""
+    upstream = {
+        name
+        for i in instances
+        if _state(i.state) in NOT_RUN_STATES
+        for name in tasks[i.dag_version_id][i.task_id].upstream
+    }
+    if not upstream:
+        return {}
+    found = session.execute(
+        select(TaskInstance.task_id, TaskInstance.state).where(
+            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id.in_(upstream)
+        )
+    ).all()
+    states: dict[str, str] = {}
+    for task_id, state in found:
+        state, before = _state(state), states.get(task_id)
+        rank = _EXPLAINS.index(state) if state in _EXPLAINS else len(_EXPLAINS)
+        if before is None or rank < (_EXPLAINS.index(before) if before in _EXPLAINS else len(_EXPLAINS)):
+            states[task_id] = state
+    return states
+
+
+def _not_run(state: str, shown: Shown, task: EditTask, states: Mapping[str, str]) -> NotRun | None:
+    """Why an edit did not run, from the tasks it waits on; None when it ran.
+
+    Airflow's state decides, not XCom (anyone with XCom rights can write one); only a verified output
+    tells of an earlier try, e.g. of a task cleared to run again.
+    """
+    if state not in NOT_RUN_STATES or shown.output is not None:
+        return None
+    if state in ("none", "scheduled"):
+        waiting = [t for t in task.upstream if states.get(t, "none") not in ("success", "skipped")]
+        # The farthest task not done yet is the one that is running or next; nearer ones wait on it.
+        return NotRun(state, waiting[-1], states.get(waiting[-1], "none")) if waiting else NotRun(state)
+    for wanted in _EXPLAINS:
+        for upstream in task.upstream:  # nearest first
+            if states.get(upstream) == wanted:
+                return NotRun(state, upstream, wanted)
+    return NotRun(state)

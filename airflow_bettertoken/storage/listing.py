@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import posixpath
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
 from airflow_bettertoken.protocol.record import Record, record
@@ -14,11 +17,14 @@ from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location, c
 
 if TYPE_CHECKING:
     from airflow_bettertoken.storage.objects import ImageStore
+    from airflow_bettertoken.storage.s3_io import S3IO
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "ListingCounts",
     "Plan",
+    "empty_source_error",
+    "nearby_prefixes",
     "plan_edits",
     "plan_every_edit",
     "plan_pending",
@@ -154,3 +160,49 @@ def plan_every_edit(store: ImageStore, source: S3Location, dest: S3Location, *, 
     One listing of the sources; the outputs are not listed, since none is skipped.
     """
     return plan_pending(store.list_keys(source), [], source, dest, only_pending=False, max_edits=max_edits)
+
+
+#: Prefixes named in the error for a source with no image: the nearest ones by spelling.
+NEARBY_SHOWN = 5
+
+
+def nearby_prefixes(io: S3IO, source: S3Location) -> list[str] | None:
+    """The prefixes one level above ``source`` (one LIST with a delimiter), nearest by spelling first.
+
+    None when that LIST fails: the hint is a courtesy, the error it adds to is the point.
+    """
+    parent = posixpath.dirname(source.key.rstrip("/"))
+    parent = parent + "/" if parent else ""
+    try:
+        answer: dict[str, Any] = io.client.list_objects_v2(
+            Bucket=source.bucket, Prefix=parent, Delimiter="/", MaxKeys=1000, **io.extra_args.for_read()
+        )
+    except (ClientError, BotoCoreError):  # a denied or failed LIST only leaves the hint out
+        return None
+    found = [
+        p["Prefix"] for p in answer.get("CommonPrefixes", []) if not p["Prefix"].startswith(RESERVED_PREFIX)
+    ]
+    near = difflib.get_close_matches(source.key, found, n=NEARBY_SHOWN, cutoff=0)
+    return [f"s3://{source.bucket}/{prefix}" for prefix in near]
+
+
+def empty_source_error(
+    source: S3Location, what: str, nearby: list[str] | None, skipped: int = 0
+) -> BetterTokenInputError:
+    """The error for a source prefix with no image to edit: it names the prefix, what is near, the fix.
+
+    :param nearby: from :func:`nearby_prefixes`; the source itself among them means it holds objects.
+    :param skipped: image keys skipped for an unsafe path.
+    """
+    if skipped:
+        found = f"{skipped} image keys there have no safe output path (see the log)"
+    elif nearby is not None and source.uri in nearby:
+        found = "it holds objects, but none ending " + ", ".join(IMAGE_SUFFIXES)
+    else:
+        found = "no object has a key that starts with it"
+    others = [uri for uri in nearby or [] if uri != source.uri]
+    near = f"; prefixes next to it: {', '.join(others)}" if others else ""
+    return BetterTokenInputError(
+        f"{what} {source.uri} holds no image to edit: {found}{near}. Correct {what}, or pass "
+        "allow_empty=True to the listing where an empty batch is normal"
+    )

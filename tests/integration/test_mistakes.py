@@ -115,6 +115,70 @@ def test_a_base_url_without_v1_says_so_and_suggests_the_fix(
     assert objects(s3, buckets.out) == []
 
 
+def test_a_mistyped_source_prefix_fails_the_listing_naming_the_prefixes_next_to_it(
+    s3, buckets, catalog, emulator, task_context
+):
+    s3.put_object(Bucket=buckets.src, Key="incoming/cup.png", Body=sample_image(64, 48))
+    s3.put_object(Bucket=buckets.src, Key="catalog-notes/readme.txt", Body=b"notes")
+    conf = {**catalog, "source_prefix": "catalgo/"}
+
+    run, states = run_backfill(conf)
+    op = BetterTokenListImagesOperator(
+        task_id="list_images",
+        source_prefix=f"s3://{buckets.src}/catalgo/",
+        dest_prefix=f"s3://{buckets.out}/catalog-edited/",
+    )
+    with pytest.raises(Exception) as info:
+        op.execute(task_context)
+    message = str(info.value)
+
+    assert run.state == "failed"
+    assert (states["list_images"], states["edit_image"]) == ("failed", "upstream_failed")
+    assert emulator.stats()["posts"] == 0
+    assert f"source_prefix s3://{buckets.src}/catalgo/ holds no image to edit" in message
+    assert "no object has a key that starts with it" in message
+    # The nearest by spelling first, from one LIST of the level above.
+    nearby = message.split("prefixes next to it: ")[1].split(". ")[0].split(", ")
+    assert nearby[0] == f"s3://{buckets.src}/catalog/"
+    assert sorted(nearby) == sorted(
+        f"s3://{buckets.src}/{p}/" for p in ("catalog", "catalog-notes", "incoming")
+    )
+    assert "pass allow_empty=True" in message
+    assert not [key for key in objects(s3, buckets.out) if "_manifests/" in key or "catalgo" in key]
+
+
+def test_a_prefix_with_objects_but_no_image_says_so(s3, buckets, task_context):
+    s3.put_object(Bucket=buckets.src, Key="docs/readme.txt", Body=b"notes")
+
+    op = BetterTokenListImagesOperator(
+        task_id="list_images",
+        source_prefix=f"s3://{buckets.src}/docs/",
+        dest_prefix=f"s3://{buckets.out}/docs-edited/",
+        preflight=False,
+    )
+    with pytest.raises(Exception, match=r"docs/ holds no image to edit: it holds objects, but none ending"):
+        op.execute(task_context)
+
+
+def test_allow_empty_and_all_done_are_green_runs_that_edit_nothing(
+    s3, buckets, catalog, emulator, task_context
+):
+    allowed = BetterTokenListImagesOperator(
+        task_id="list_images",
+        source_prefix=f"s3://{buckets.src}/nothing-yet/",
+        dest_prefix=f"s3://{buckets.out}/edited/",
+        allow_empty=True,
+    )
+    assert allowed.execute(task_context) == []
+
+    first, _ = run_backfill(catalog)
+    again, states = run_backfill(catalog)  # every output exists: nothing to edit, and no error
+
+    assert (first.state, again.state, states["list_images"]) == ("success", "success", "success")
+    assert states["edit_image"] == "skipped"
+    assert emulator.stats()["posts"] == 3
+
+
 def test_a_text_file_named_png_fails_its_edit_and_the_run_after_the_manifest(s3, buckets, emulator):
     s3.put_object(Bucket=buckets.src, Key="catalog/good.jpg", Body=sample_image(64, 48, "jpg"))
     s3.put_object(Bucket=buckets.src, Key="catalog/notes.png", Body=b"these are my notes, not a picture")

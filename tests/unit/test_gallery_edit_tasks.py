@@ -76,3 +76,37 @@ def test_subclasses_are_edit_tasks_and_other_operators_are_not(edit_tasks):
 def test_each_edit_task_has_the_connection_its_dag_fixes(edit_tasks, task_id, expected):
     connection = edit_tasks[task_id].aws_conn
     assert (connection.conn_id if connection else "not fixed by the DAG") == expected
+
+
+def test_an_edit_knows_whether_it_is_mapped_and_the_tasks_it_waits_on_nearest_first():
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG
+
+    from airflow_bettertoken.plugins._edit_tasks import dag_tasks_of
+
+    with DAG(dag_id="waits", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        start = EmptyOperator(task_id="start")
+        listing = BetterTokenListImagesOperator(
+            task_id="list", source_prefix="s3://in/", dest_prefix="s3://o/e/"
+        )
+        start >> listing
+        BetterTokenImageEditOperator.partial(task_id="edit", prompt="p").expand_kwargs(listing.output)
+        cover = BetterTokenImageEditOperator(task_id="cover", **EDIT)
+    found = dag_tasks_of(serialize_dag(dag))
+
+    assert found.has_listing
+    assert (found.edits["edit"].mapped, found.edits["edit"].upstream) == (True, ("list", "start"))
+    assert (found.edits[cover.task_id].mapped, found.edits[cover.task_id].upstream) == (False, ())
+
+
+def test_a_dag_without_a_listing_has_no_catalog():
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG
+
+    from airflow_bettertoken.plugins._edit_tasks import dag_tasks_of
+
+    with DAG(dag_id="empty", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        EmptyOperator(task_id="nothing")
+
+    found = dag_tasks_of(serialize_dag(dag))
+    assert (found.edits, found.has_listing) == ({}, False)

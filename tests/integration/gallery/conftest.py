@@ -17,7 +17,8 @@ import requests
 from PIL import Image
 
 from airflow_bettertoken.testing.samples import sample_image
-from tests.airflow_versions import dagbag, load_dag
+from tests.airflow_versions import dagbag, has_external_views, load_dag
+from tests.integration.gallery.browser import chromium, require_chromium
 from tests.integration.gallery.server import ApiServer
 from tests.integration.s3_fault_proxy import S3FaultProxy
 
@@ -130,7 +131,8 @@ def forged(s3, sandbox, server):
 
     - ``run``: ``lamp.png`` (left alone), ``mug.png`` (its return value PATCHed) and ``notes.png``
       (failed: a return value POSTed, its failure PATCHed);
-    - ``empty_run``: nothing to edit, so ``edit_image[-1]`` has no XCom; a failure record POSTed.
+    - ``empty_run``: a source prefix with no image, so the listing failed and ``edit_image[-1]``
+      never ran (``upstream_failed``) and has no XCom; a failure record POSTed.
 
     Each forged record names objects of the bucket ``secret`` and the connection ``aws_secret``.
     """
@@ -199,3 +201,15 @@ def forged(s3, sandbox, server):
         "secret_image": secret_image,
         "forged_rows": [(run, 1), (run, 2), (empty_run, -1)],
     }
+
+
+@pytest.fixture
+def browser():
+    if not has_external_views():
+        pytest.skip(
+            "Airflow 3.0 has no plugin views in its UI; the gallery's own pages are tested by the API tests"
+        )
+    require_chromium()
+    driver = chromium()
+    yield driver
+    driver.quit()

@@ -14,7 +14,7 @@ from airflow_bettertoken.testing.samples import sample_image
 from tests.airflow_versions import load_dag
 from tests.integration.gallery.conftest import BACKFILL, SCHEDULED
 from tests.integration.gallery.test_gallery_api import get, run_path
-from tests.integration.gallery.test_gallery_browser import browser, log_in, wait_for  # noqa: F401
+from tests.integration.gallery.test_gallery_browser import log_in, wait_for
 
 GOOD = ["a-lamp.png", "b-mug.png", "c-vase.png", "d-rake.png"]
 
@@ -95,7 +95,7 @@ def test_a_run_of_the_scheduled_dag_shows_its_day(server, runs):
     assert '<progress class="catalog" max="1" value="1">' in scheduled.text  # its day's one image
 
 
-def test_the_catalog_view_in_chromium(browser, server, chain, tmp_path):  # noqa: F811
+def test_the_catalog_view_in_chromium(browser, server, chain, tmp_path):
     from selenium.webdriver.common.by import By
 
     log_in(browser, server, "viewer")

@@ -7,23 +7,7 @@ from __future__ import annotations
 import time
 from urllib.parse import quote
 
-import pytest
-
-from tests.airflow_versions import has_external_views
-from tests.integration.gallery.browser import chromium, require_chromium
 from tests.integration.gallery.conftest import BACKFILL
-
-
-@pytest.fixture
-def browser():
-    if not has_external_views():
-        pytest.skip(
-            "Airflow 3.0 has no plugin views in its UI; the gallery's own pages are tested by the API tests"
-        )
-    require_chromium()
-    driver = chromium()
-    yield driver
-    driver.quit()
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "the page"):
@@ -74,7 +58,9 @@ def test_the_edited_images_view_shows_every_image_and_the_size_badge(browser, se
 
     log_in(browser, server, "viewer")
     widths = open_view(browser, server, runs[BACKFILL])
-    badges = [badge.is_displayed() for badge in browser.find_elements(By.CSS_SELECTOR, ".badge-mismatch")]
+    badges = [
+        badge.is_displayed() for badge in browser.find_elements(By.CSS_SELECTOR, "article .badge-mismatch")
+    ]
     labels = [h2.text for h2 in browser.find_elements(By.CSS_SELECTOR, "article.edit h2")]
     browser.execute_script("window.scrollTo(0, 0)")
     browser.switch_to.default_content()

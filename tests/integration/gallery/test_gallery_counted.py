@@ -48,11 +48,15 @@ def test_the_edits_of_a_subclass_are_listed(server, counted_run):
             session.scalars(select(TaskInstance.operator).where(TaskInstance.run_id == counted_run)).all()
         )
     html = page(server, counted_run)  # the page only: its thumbnails are counted by the next test
-    listed = re.findall(r'<span class="meta">(\w+)\[(-?\d+)\]</span>', html)
+    listed = re.findall(r'<span class="meta">(\w+)(?:\[(\d+)\])?</span>', html)
+    labels = re.findall(r"<h2>(.*?)</h2>", html)
+    rows = html.split('<section class="legend">')[0]
 
     assert operators == {"BetterTokenListImagesOperator", "CatalogImageEdit"}  # not the edit operator's name
-    assert listed == [("edit_cover", "-1")] + [("edit_image", str(i)) for i in range(COUNTED_IMAGES)]
-    assert html.count("status-done") == COUNTED_IMAGES + 1 and "not verified" not in html
+    # The unmapped edit is its task alone, named after its source; the mapped ones by their index.
+    assert listed == [("edit_cover", "")] + [("edit_image", str(i)) for i in range(COUNTED_IMAGES)]
+    assert labels[0] == "cover.png"
+    assert rows.count("status-done") == COUNTED_IMAGES + 1 and "not verified" not in rows
 
 
 def test_a_second_view_of_a_page_of_50_thumbnails_makes_no_get(server, counted_run, counted_s3):

@@ -56,7 +56,9 @@ def image_links(html: str) -> list[str]:
 def rows(html: str) -> dict[int, str]:
     """Each row's HTML by its map index."""
     articles = re.findall(r'<article class="edit">(.*?)</article>', html)
-    return {int(re.search(r"edit_image\[(-?\d+)\]", article).group(1)): article for article in articles}
+    # A mapped edit's meta names its map index; the task before it expanded is the task alone (-1).
+    indexes = [re.search(r'class="meta">edit_image(?:\[(\d+)\])?<', article) for article in articles]
+    return {int(found.group(1) or -1): article for found, article in zip(indexes, articles, strict=True)}
 
 
 def test_no_image_link_of_the_page_serves_what_forged_xcom_names(server, forged):
@@ -101,6 +103,8 @@ def test_a_forged_row_shows_its_xcom_as_text_and_why(server, forged):
     empty = rows(page(server, forged["empty_run"]).text)
     assert list(empty) == [-1] and "/image?" not in empty[-1]
     assert "not verified: Airflow holds no rendered fields" in empty[-1]
+    # Airflow's state decides, not the forged record: the listing failed, so the edit never ran.
+    assert 'status-not-run">not run' in empty[-1] and "not run: list_images failed" in empty[-1]
 
 
 def test_anonymous_and_wrong_dag_users_are_still_refused(server, forged):

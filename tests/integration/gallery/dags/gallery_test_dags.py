@@ -1,4 +1,4 @@
-"""A DAG for the gallery's tests only, in a DAG bundle of its own (``gallery-tests``, see conftest.py).
+"""DAGs for the gallery's tests only, in a DAG bundle of its own (``gallery-tests``, see conftest.py).
 
 Its edits are made by a user's subclass of the edit operator, mapped and unmapped, and read S3
 through ``aws_counted``: a proxy that records every request, so the tests can count the gallery's.
@@ -7,6 +7,7 @@ through ``aws_counted``: a proxy that records every request, so the tests can co
 from __future__ import annotations
 
 import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param
 
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
@@ -39,3 +40,10 @@ with DAG(
         dest="s3://{{ params.out_bucket }}/covers/",
         aws_conn_id="aws_counted",
     )
+
+
+with DAG(
+    dag_id="bettertoken_gallery_no_edits", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")
+):
+    # A DAG of the same deployment with no BetterToken task: the plugin's tabs show here too.
+    EmptyOperator(task_id="nothing")
