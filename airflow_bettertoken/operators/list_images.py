@@ -146,8 +146,7 @@ class BetterTokenListImagesOperator(BaseOperator):
                 plan, chain = self._plan_chunk(context["ti"], source, dest, limit)
             else:
                 plan, chain = plan_every_edit(self.store, source, dest, max_edits=limit), None
-        if plan.images == 0:
-            self._no_images(source, plan)
+                self._check_not_empty(source, plan)
         context["ti"].xcom_push(key=COUNTS_KEY, value=plan.counts.dump())
         findings = ListingFindings.of(plan.skipped, store_check)
         context["ti"].xcom_push(key=FINDINGS_KEY, value=findings.dump())
@@ -164,8 +163,10 @@ class BetterTokenListImagesOperator(BaseOperator):
             )
         return self._staged(plan.edits, dest)
 
-    def _no_images(self, source: S3Location, plan: Plan) -> None:
-        """Fail on a source with no image, before any edit is planned, unless the DAG allows it."""
+    def _check_not_empty(self, source: S3Location, plan: Plan) -> None:
+        """Fail on a source with no image, before anything is recorded, unless the DAG allows it."""
+        if plan.images:
+            return
         if self.allow_empty:
             self.log.info("No image under %s; allow_empty is set, so nothing is edited", source.uri)
             return
@@ -209,6 +210,8 @@ class BetterTokenListImagesOperator(BaseOperator):
             max_edits=limit,
             replan_failed=is_on(self.replan_failed),
         )
+        # Checked before the chain's record is written: a mistyped prefix leaves no chain behind.
+        self._check_not_empty(source, chunk.plan)
         record.update(lambda current: with_window_of(current, chunk.state, ti.run_id))
         return chunk.plan, chunk.state
 
