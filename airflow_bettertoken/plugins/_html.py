@@ -182,6 +182,10 @@ LEGEND = (
         "text, with no image",
     ),
     ("sources &rarr; output", "thumbnails of what the edit read and wrote; click one for full size"),
+    (
+        "orange frame",
+        "inside an output, drawn by the local emulator (make demo, the tests): the service draws none",
+    ),
 )
 
 
