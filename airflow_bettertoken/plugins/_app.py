@@ -139,7 +139,7 @@ def create_gallery_app() -> FastAPI:
         head = functools.cache(images.objects.head)
 
         def head_metadata(aws_conn: AwsConnection, location: S3Location) -> Any:
-            found = head(aws_conn.conn_id, location)
+            found = head(aws_conn.conn_id, location, aws_conn.read_args)
             return found.metadata if found.found else None
 
         return RowSources(edit_tasks, head_metadata, admin_conn_id()), head
@@ -253,14 +253,14 @@ def create_gallery_app() -> FastAPI:
         if shown is None:
             raise HTTPException(404, "this task instance has no such image that the gallery can verify")
         aws_conn, location = shown
-        found = head(aws_conn.conn_id, location)
+        found = head(aws_conn.conn_id, location, aws_conn.read_args)
         if not found.found:
             raise HTTPException(404, unavailable(found.presence))
         try:
             if size == "full":
-                data, content_type = images.full(aws_conn.conn_id, location, found)
+                data, content_type = images.full(aws_conn.conn_id, location, found, aws_conn.read_args)
                 return Response(data, media_type=content_type)
-            thumbnail = images.thumbnail(aws_conn.conn_id, location, found)
+            thumbnail = images.thumbnail(aws_conn.conn_id, location, found, aws_conn.read_args)
             return Response(thumbnail, media_type="image/jpeg")
         except ImageTooLarge as err:
             raise HTTPException(413, f"the image is too large to show: {err}") from err
@@ -282,7 +282,8 @@ def create_gallery_app() -> FastAPI:
             key = (aws_conn.conn_id, location.bucket)
             if key not in stores:
                 location = review_location(location.bucket, dag_id, run_id)
-                stores[key] = ReviewStore(S3Hook(aws_conn_id=aws_conn.conn_id), location)
+                hook = S3Hook(aws_conn_id=aws_conn.conn_id)
+                stores[key] = ReviewStore(hook, location, extra_args=dict(aws_conn.read_args))
         return stores
 
     def read_records(stores: dict[tuple, ReviewStore]) -> dict[tuple, ReviewRecord | None]:

@@ -27,6 +27,7 @@ from airflow_bettertoken.operators.list_images import BetterTokenListImagesOpera
 from airflow_bettertoken.plugins._images import S3Objects
 from airflow_bettertoken.storage.chain import ChainState, chain_location, chain_root
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
+from airflow_bettertoken.storage.s3_extra_args import read_args_of
 from airflow_bettertoken.storage.s3_io import Presence
 
 #: The template fields that make a task a catalog listing (a subclass keeps them).
@@ -83,7 +84,8 @@ def find_catalog(
     conn_id = admin_conn_id or fields.get("aws_conn_id") or _DEFAULT_AWS_CONN_ID
     if not isinstance(conn_id, str):
         return Catalog(None, location, "the listing's rendered aws_conn_id is not a connection id")
-    store = objects.store(conn_id)
+    # The listing's read arguments, as rendered; a value Airflow cut short reads as none.
+    store = objects.store(conn_id, read_args_of(fields.get("s3_extra_args")) or ())
     try:
         head = store.head(location)
         if head.presence is Presence.MISSING:

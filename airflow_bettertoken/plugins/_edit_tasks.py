@@ -1,5 +1,5 @@
-"""Which tasks of a DAG version are edits, the AWS connection their DAG gives them, the tasks they wait
-on, and whether the DAG lists a catalog.
+"""Which tasks of a DAG version are edits, the AWS connection (and read arguments) their DAG gives them,
+the tasks they wait on, and whether the DAG lists a catalog.
 
 Both come from the serialized DAG, which the DAG processor writes from the DAG files and the REST API
 cannot change. It is read as JSON, so the API server imports no user code: an edit task is one whose
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from airflow_bettertoken.operators._links import OutputImageLink
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+from airflow_bettertoken.storage.s3_extra_args import ReadArgs, read_args_of
 
 #: What a mapped edit uses when its DAG does not pass aws_conn_id to partial().
 DEFAULT_AWS_CONN_ID = inspect.signature(BetterTokenImageEditOperator).parameters["aws_conn_id"].default
@@ -39,10 +40,13 @@ class AwsConnection:
 
     :param conn_id: the connection id; None is boto3's default credential chain, as in ``S3Hook``.
     :param chosen_by: for the page, e.g. "the DAG" or "the task's rendered fields".
+    :param read_args: the read arguments of the task's ``s3_extra_args`` (``RequestPayer``,
+        ``ExpectedBucketOwner``), from the same trusted records: every read of the row's objects sends them.
     """
 
     conn_id: str | None
     chosen_by: str
+    read_args: ReadArgs = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class EditTask:
 
     :param aws_conn: the connection the DAG gives it; None when the DAG does not say (templated, or
         mapped per task instance), so that only the rendered fields or an admin's setting can.
+    :param read_args: the read arguments of the ``s3_extra_args`` the DAG gives it; None when the DAG
+        does not say (templated, or mapped per task instance).
     :param mapped: a mapped task: its map index -1 is no edit, only the task before it expanded.
     :param upstream: every task it waits on, directly or not, the nearest first: where to look for
         the reason it did not run.
@@ -58,6 +64,7 @@ class EditTask:
 
     task_id: str
     aws_conn: AwsConnection | None
+    read_args: ReadArgs | None = ()
     mapped: bool = False
     upstream: tuple[str, ...] = ()
 
@@ -74,24 +81,40 @@ def _is_template(value: str) -> bool:
     return "{{" in value or "{%" in value
 
 
-def dag_connection(task: Mapping[str, Any]) -> AwsConnection | None:
-    """The AWS connection a serialized edit task names, if its DAG fixes one."""
+_UNSET = object()
+
+
+def _dag_value(task: Mapping[str, Any], name: str, default: Any) -> Any:
+    """The argument ``name`` as a serialized task's DAG fixes it, or ``_UNSET`` when the DAG does not."""
     if task.get("_is_mapped"):
         expand = task.get("expand_input") or {}
         mapped = (
             ((expand.get("value") or {}).get("__var") or {}) if expand.get("type") == "dict-of-lists" else {}
         )
-        if "aws_conn_id" in mapped:
-            return None
+        if name in mapped:
+            return _UNSET
         # Only what the DAG passed to partial() is kept; a list of kwargs dicts is taken not to override it.
-        value = (task.get("partial_kwargs") or {}).get("aws_conn_id", DEFAULT_AWS_CONN_ID)
-    elif "aws_conn_id" in (task.get("template_fields") or ()):
-        value = task.get("aws_conn_id")  # serialization leaves out a template field that is None
-    else:  # an operator from before aws_conn_id was templated: its connection was not serialized
-        return None
-    if value is not None and (not isinstance(value, str) or _is_template(value)):
+        value = (task.get("partial_kwargs") or {}).get(name, default)
+        if isinstance(value, Mapping) and value.get("__type") == "dict":  # how partial_kwargs keep a dict
+            value = value.get("__var")
+        return value
+    if name in (task.get("template_fields") or ()):
+        return task.get(name)  # serialization leaves out a template field that is None
+    return _UNSET  # an operator from before the argument was templated: it was not serialized
+
+
+def dag_connection(task: Mapping[str, Any]) -> AwsConnection | None:
+    """The AWS connection a serialized edit task names, if its DAG fixes one."""
+    value = _dag_value(task, "aws_conn_id", DEFAULT_AWS_CONN_ID)
+    if value is _UNSET or (value is not None and (not isinstance(value, str) or _is_template(value))):
         return None
     return AwsConnection(value, "the DAG")
+
+
+def dag_read_args(task: Mapping[str, Any]) -> ReadArgs | None:
+    """The read arguments of the ``s3_extra_args`` a serialized edit task has, if its DAG fixes them."""
+    value = _dag_value(task, "s3_extra_args", None)
+    return None if value is _UNSET else read_args_of(value)
 
 
 def _upstream(task_id: str, downstream: Mapping[str, list[str]]) -> tuple[str, ...]:
@@ -124,6 +147,7 @@ def edit_tasks_of(serialized_dag: Mapping[str, Any]) -> dict[str, EditTask]:
             tasks[task_id] = EditTask(
                 task_id,
                 dag_connection(task),
+                dag_read_args(task),
                 mapped=bool(task.get("_is_mapped")),
                 upstream=_upstream(task_id, downstream),
             )

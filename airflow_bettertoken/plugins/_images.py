@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from airflow_bettertoken.protocol.png import DEFAULT_MAX_PIXELS
 from airflow_bettertoken.protocol.wire import MAX_IMAGE_BYTES, sniff_image_type
 from airflow_bettertoken.storage.locations import S3Location
+from airflow_bettertoken.storage.s3_extra_args import ReadArgs
 from airflow_bettertoken.storage.s3_io import S3IO, ObjectRead, Presence
 
 THUMBNAIL_SIDE = 512
@@ -57,7 +58,9 @@ def unavailable(presence: Presence) -> str:
 
 
 class S3Objects:
-    """HEAD and GET through one :class:`S3IO` per AWS connection, kept for ``client_ttl`` seconds.
+    """HEAD and GET through one :class:`S3IO` per AWS connection and read arguments, kept for
+    ``client_ttl`` seconds. The read arguments (``RequestPayer``, ``ExpectedBucketOwner``) are those of
+    the task whose objects are read, from its trusted records (``_trust.choose_connection``).
 
     ``S3Hook`` looks the connection up and builds a session each time; boto3 clients are thread-safe.
     """
@@ -65,29 +68,31 @@ class S3Objects:
     def __init__(self, client_ttl: float = CLIENT_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.client_ttl = client_ttl
         self._clock = clock
-        self._stores: dict[str | None, tuple[float, S3IO]] = {}
+        self._stores: dict[tuple[str | None, ReadArgs], tuple[float, S3IO]] = {}
         self._lock = threading.Lock()
 
-    def store(self, conn_id: str | None) -> S3IO:
-        """The store of ``conn_id``, made again once it is ``client_ttl`` seconds old."""
-        now = self._clock()
+    def store(self, conn_id: str | None, read_args: ReadArgs = ()) -> S3IO:
+        """The store of ``conn_id`` that sends ``read_args``, made again once ``client_ttl`` seconds old."""
+        now, key = self._clock(), (conn_id, read_args)
         with self._lock:
-            built = self._stores.get(conn_id)
+            built = self._stores.get(key)
             if built is not None and now - built[0] < self.client_ttl:
                 return built[1]
-        store = S3IO(S3Hook(aws_conn_id=conn_id))
+        store = S3IO(S3Hook(aws_conn_id=conn_id), dict(read_args))
         with self._lock:
-            self._stores[conn_id] = (now, store)
+            self._stores[key] = (now, store)
         return store
 
-    def head(self, conn_id: str | None, location: S3Location) -> ObjectRead:
+    def head(self, conn_id: str | None, location: S3Location, read_args: ReadArgs = ()) -> ObjectRead:
         """The object's size, ETag and user metadata (``FOUND``), or ``MISSING`` or ``HIDDEN`` (a 403).
 
         :raises BetterTokenStorageError: throttling, a 5xx or any other failure: never "missing".
         """
-        return self.store(conn_id).head(location)
+        return self.store(conn_id, read_args).head(location)
 
-    def get(self, conn_id: str | None, location: S3Location, head: ObjectRead) -> bytes:
+    def get(
+        self, conn_id: str | None, location: S3Location, head: ObjectRead, read_args: ReadArgs = ()
+    ) -> bytes:
         """The bytes of the object that ``head`` describes, if it is within the byte limit.
 
         :raises ImageTooLarge: before any GET, from the HEAD's size.
@@ -97,7 +102,7 @@ class S3Objects:
         size = head.content_length or 0
         if size > MAX_IMAGE_BYTES:
             raise ImageTooLarge(f"{location.uri} is {size} bytes, over the limit of {MAX_IMAGE_BYTES}")
-        read = self.store(conn_id).get(location, if_match=head.etag, max_bytes=MAX_IMAGE_BYTES)
+        read = self.store(conn_id, read_args).get(location, if_match=head.etag, max_bytes=MAX_IMAGE_BYTES)
         if not read.found or read.body is None:
             raise ImageGone(f"{location.uri} is {read.presence.value} since its HEAD")
         return read.body
@@ -170,13 +175,17 @@ class GalleryImages:
         self.objects = objects or S3Objects()
         self.thumbnails = thumbnails or ThumbnailCache()
 
-    def full(self, conn_id: str | None, location: S3Location, head: ObjectRead) -> tuple[bytes, str]:
+    def full(
+        self, conn_id: str | None, location: S3Location, head: ObjectRead, read_args: ReadArgs = ()
+    ) -> tuple[bytes, str]:
         """The image's bytes and its content type."""
-        data = self.objects.get(conn_id, location, head)
+        data = self.objects.get(conn_id, location, head, read_args)
         if len(data) > MAX_IMAGE_BYTES:  # more than the HEAD said: refused all the same
             raise ImageTooLarge(f"{location.uri} is over the limit of {MAX_IMAGE_BYTES} bytes")
         return data, image_type(data)
 
-    def thumbnail(self, conn_id: str | None, location: S3Location, head: ObjectRead) -> bytes:
+    def thumbnail(
+        self, conn_id: str | None, location: S3Location, head: ObjectRead, read_args: ReadArgs = ()
+    ) -> bytes:
         key = (conn_id, location.bucket, location.key, head.etag)
-        return self.thumbnails.thumbnail(key, lambda: self.full(conn_id, location, head)[0])
+        return self.thumbnails.thumbnail(key, lambda: self.full(conn_id, location, head, read_args)[0])

@@ -19,7 +19,7 @@ as text, with no image, and the reason.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
@@ -32,6 +32,7 @@ from airflow_bettertoken.protocol.result import (
     was_made_by,
 )
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
+from airflow_bettertoken.storage.s3_extra_args import read_args_of
 
 #: The object metadata of an S3 object read with a connection, or None when it cannot be read.
 HeadMetadata = Callable[[AwsConnection, S3Location], "Mapping[str, str] | None"]
@@ -103,14 +104,22 @@ def planned_objects(rendered: Mapping[str, Any]) -> Planned | None:
 def choose_connection(
     admin_conn_id: str | None, rendered: Mapping[str, Any] | None, task: EditTask
 ) -> AwsConnection | None:
-    """The AWS connection to read a row's objects with: never XCom's; None when nothing trusted says."""
+    """The AWS connection to read a row's objects with: never XCom's; None when nothing trusted says.
+
+    Its read arguments are those of the task's ``s3_extra_args``, rendered or as the DAG fixes them, with
+    an admin's connection too: a requester-pays bucket wants ``RequestPayer`` from every reader.
+    """
+    read_args = read_args_of(rendered["s3_extra_args"]) if rendered and "s3_extra_args" in rendered else None
+    read_args = read_args if read_args is not None else task.read_args or ()
     if admin_conn_id:
-        return AwsConnection(admin_conn_id, "the gallery's setting [bettertoken] gallery_aws_conn_id")
+        return AwsConnection(
+            admin_conn_id, "the gallery's setting [bettertoken] gallery_aws_conn_id", read_args
+        )
     if rendered is not None and "aws_conn_id" in rendered:
         value = rendered["aws_conn_id"]
         if value is None or isinstance(value, str):
-            return AwsConnection(value, "the task's rendered aws_conn_id")
-    return task.aws_conn
+            return AwsConnection(value, "the task's rendered aws_conn_id", read_args)
+    return replace(task.aws_conn, read_args=read_args) if task.aws_conn else None
 
 
 def _failure_agrees(failure: EditFailure, rendered: Mapping[str, Any]) -> bool:

@@ -19,7 +19,7 @@ from airflow_bettertoken.exceptions import BetterTokenInputError
 if TYPE_CHECKING:
     from botocore.model import ServiceModel
 
-__all__ = ["READ_ARGS", "WRITE_ARGS", "S3ExtraArgs"]
+__all__ = ["READ_ARGS", "WRITE_ARGS", "ReadArgs", "S3ExtraArgs", "read_args_of"]
 
 #: What a user may set: boto3's upload ``ExtraArgs`` (what ``S3Hook(extra_args=...)`` accepts) that
 #: ``put_object`` takes too, less what the provider sets itself and SSE-C (refused below).
@@ -56,6 +56,8 @@ READ_ARGS = frozenset({"ExpectedBucketOwner", "RequestPayer"})
 #: Set by the provider on every write; a user's value would be overwritten, so it is refused.
 OWN_ARGS = frozenset({"Bucket", "Key", "Body", "ContentType", "Metadata", "IfNoneMatch", "IfMatch"})
 #: SSE-C needs the customer key on every later read as well, and would put a secret into the DAG.
+#: The read arguments as sorted (name, value) pairs: hashable, so a store can be kept for them.
+ReadArgs = tuple[tuple[str, str], ...]
 SSE_C_ARGS = frozenset({"SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5"})
 KMS_ENCRYPTIONS = ("aws:kms", "aws:kms:dsse")
 #: The line a user copies when a bucket policy requires encryption.
@@ -158,3 +160,18 @@ class S3ExtraArgs:
     def describe(self) -> str:
         """The arguments as written, for error messages (they hold no secret: SSE-C is refused)."""
         return json.dumps(dict(self.values), default=str, sort_keys=True)
+
+
+def read_args_of(value: object) -> ReadArgs | None:
+    """The read arguments (:meth:`S3ExtraArgs.for_read`) of an ``s3_extra_args`` value, sorted.
+
+    :return: None when the value is not checked arguments (a template, or a rendered value Airflow cut
+        short), so that the caller falls back on another trusted record.
+    """
+    try:
+        read = S3ExtraArgs.parse(value).for_read()
+    except BetterTokenInputError:
+        return None
+    if not all(isinstance(item, str) and not _is_template(item) for item in read.values()):
+        return None
+    return tuple(sorted(read.items()))

@@ -160,3 +160,53 @@ def test_the_connection_comes_from_an_admin_the_rendered_fields_or_the_dag_never
 ):
     chosen = choose_connection(admin, rendered, task)
     assert (chosen.conn_id if chosen else "unknown") == expected
+
+
+PAYS = (("RequestPayer", "requester"),)
+OWNER = (("ExpectedBucketOwner", "123456789012"),)
+DAG_PAYS = EditTask("edit_image", AwsConnection("aws_dag", "the DAG"), read_args=PAYS)
+RENDERED_OWNER = {**RENDERED, "s3_extra_args": {"ExpectedBucketOwner": "123456789012", "ACL": "private"}}
+READ_ARGS = {
+    "rendered-first-and-only-the-read-arguments": (None, RENDERED_OWNER, DAG_PAYS, OWNER),
+    "with-an-admins-connection-too": ("aws_gallery", RENDERED_OWNER, DAG_PAYS, OWNER),
+    "the-dag-when-rendered-fields-are-gone": (None, None, DAG_PAYS, PAYS),
+    "the-dag-when-rendered-is-cut-short": (
+        None,
+        {**RENDERED, "s3_extra_args": "{'RequestPa..."},
+        DAG_PAYS,
+        PAYS,
+    ),
+    "none-when-the-dag-templates-them": (None, None, dataclasses.replace(DAG_PAYS, read_args=None), ()),
+}
+
+
+@pytest.mark.parametrize(("admin", "rendered", "task", "expected"), READ_ARGS.values(), ids=READ_ARGS.keys())
+def test_the_read_arguments_come_from_the_rendered_fields_or_the_dag(admin, rendered, task, expected):
+    assert choose_connection(admin, rendered, task).read_args == expected
+
+
+def test_the_dag_fixes_read_arguments_given_to_partial_or_to_the_operator():
+    import pendulum
+    from airflow.sdk import DAG
+
+    from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+    from airflow_bettertoken.plugins._edit_tasks import edit_tasks_of
+    from tests.airflow_versions import serialize_dag
+
+    edit = {"prompt": "p", "dest": "s3://b/o/"}
+    with DAG("d", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        pays = {"RequestPayer": "requester", "ACL": "private"}
+        BetterTokenImageEditOperator.partial(task_id="m", s3_extra_args=pays, **edit).expand(
+            source=["s3://b/a"]
+        )
+        BetterTokenImageEditOperator(task_id="u", source="s3://b/a", s3_extra_args=dict(OWNER), **edit)
+        templated = {"RequestPayer": "{{ params.payer }}"}
+        BetterTokenImageEditOperator(task_id="t", source="s3://b/a", s3_extra_args=templated, **edit)
+        BetterTokenImageEditOperator(task_id="n", source="s3://b/a", **edit)
+    tasks = edit_tasks_of(serialize_dag(dag))
+    assert {task_id: task.read_args for task_id, task in tasks.items()} == {
+        "m": PAYS,
+        "u": OWNER,
+        "t": None,
+        "n": (),
+    }

@@ -43,6 +43,26 @@ with DAG(
 
 
 with DAG(
+    dag_id="bettertoken_gallery_requester_pays",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    params={
+        "in_bucket": Param("in", type="string"),
+        "out_bucket": Param("out", type="string"),
+        "payer": Param("requester", type="string"),
+    },
+):
+    # Its buckets are requester-pays. RequestPayer is templated, so only the rendered fields name it.
+    BetterTokenImageEditOperator(
+        task_id="edit_photo",
+        prompt="Put the product on white",
+        source="s3://{{ params.in_bucket }}/photo.png",
+        dest="s3://{{ params.out_bucket }}/edited/",
+        aws_conn_id="aws_counted",
+        s3_extra_args={"RequestPayer": "{{ params.payer }}"},
+    )
+
+with DAG(
     dag_id="bettertoken_gallery_no_edits", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")
 ):
     # A DAG of the same deployment with no BetterToken task: the plugin's tabs show here too.
