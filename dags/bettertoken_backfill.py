@@ -69,7 +69,7 @@ with DAG(
             description="Plan again the edits that failed for good in earlier runs of the chain",
         ),
     },
-):
+) as dag:
     catalog_backfill(
         source_prefix="s3://{{ params.in_bucket }}/{{ params.source_prefix }}" + DAY,
         dest_prefix="s3://{{ params.out_bucket }}/{{ params.dest_prefix }}" + DAY,

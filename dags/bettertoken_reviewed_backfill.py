@@ -51,7 +51,7 @@ with DAG(
             False, type="boolean", description="Stage the edits until a person approves each one"
         ),
     },
-):
+) as dag:
     catalog_backfill(
         source_prefix="s3://{{ params.in_bucket }}/{{ params.source_prefix }}",
         dest_prefix="s3://{{ params.out_bucket }}/{{ params.dest_prefix }}",
