@@ -66,3 +66,12 @@ def test_the_example_dags_import_only_the_public_surface(path):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("airflow_bettertoken")
     ]
     assert ours and set(ours) == {"airflow_bettertoken"}
+
+
+def test_the_example_dags_make_demo_imports_bind_their_dag():
+    """``make demo`` imports ``dag`` from these two files (scripts/demo.py)."""
+    import runpy
+
+    dags = Path(__file__).resolve().parents[2] / "dags"
+    for name in ("bettertoken_backfill.py", "bettertoken_scheduled_edit.py"):
+        assert runpy.run_path(str(dags / name))["dag"].dag_id == name.removesuffix(".py")
