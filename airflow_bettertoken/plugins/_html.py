@@ -66,6 +66,8 @@ TaskUrl = Callable[[str], str]
 
 def _details(row: EditRow, task_url: TaskUrl | None = None) -> str:
     result, items = row.result, []
+    if row.prompt:
+        items.append(("prompt", f'<span class="prompt">{escape(row.prompt)}</span>'))
     if result:
         requested = result.requested_size or "?"
         badge = (

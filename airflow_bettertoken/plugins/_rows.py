@@ -91,6 +91,8 @@ class EditRow:
     reported: Reported
     shown: Shown
     not_run: NotRun | None = None
+    #: The prompt the task sent, as Airflow rendered it (a table's row has its own): never from XCom.
+    prompt: str | None = None
 
     @property
     def result(self) -> EditXCom | None:
@@ -312,9 +314,15 @@ def _rows(
                 reported=reported,
                 shown=shown,
                 not_run=_not_run(state, shown, task, states),
+                prompt=_prompt(rendered),
             )
         )
     return rows
+
+
+def _prompt(rendered: Mapping[str, Any] | None) -> str | None:
+    prompt = (rendered or {}).get("prompt")
+    return prompt if isinstance(prompt, str) and prompt else None
 
 
 def _state(state: Any) -> str:

@@ -49,6 +49,9 @@ def test_a_permitted_user_sees_the_run_with_sizes_statuses_and_safe_headers(serv
     assert html.count('class="badge-mismatch"') == 3  # 1000x1000 where 1024x1024 was asked for
     assert html.count("status-done") == 3 and html.count("status-failed") == 1
     assert "BetterTokenInputError" in html and "not PNG, JPEG or WEBP" in html
+    # Each row shows the prompt its task sent, as Airflow rendered it from the DAG's Param.
+    prompt = '<dt>prompt</dt><dd><span class="prompt">Put the product on a plain white background</span>'
+    assert html.count(prompt) == 4
     assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert page.headers["Cache-Control"].startswith("private")
