@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,6 +32,7 @@ from airflow_bettertoken.exceptions import (
     BetterTokenClaimLostError,
     BetterTokenStorageError,
 )
+from airflow_bettertoken.protocol.price import Pricing
 from airflow_bettertoken.protocol.result import EditResult
 from airflow_bettertoken.protocol.retry import Timing
 from airflow_bettertoken.protocol.spend import (
@@ -261,6 +263,8 @@ class SpendLedger:
         request_id: str | None = None,
         evidence: bytes | bytearray | None = None,
         sent: bool = True,
+        usage: Mapping[str, Any] | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
         number = self._open_call
         if number is None:
@@ -268,6 +272,7 @@ class SpendLedger:
         evidence_uri = self._keep_evidence(number, evidence, request_id) if evidence is not None else None
         self.evidence_uri = evidence_uri or self.evidence_uri
         usable = outcome is Outcome.PAID and evidence is None
+        priced = self._cost(outcome, usage, pricing)
 
         def end_call(ledger: OutputLedger, now: float) -> OutputLedger:
             ledger = ledger.end_call(
@@ -281,6 +286,8 @@ class SpendLedger:
                 cause=cause,
                 evidence_uri=evidence_uri,
                 sent=sent,
+                usage=dict(usage) if usage else None,
+                **priced,
             )
             if usable:
                 entry = dataclasses.replace(ledger.entry(self.edit_id), image_call=number)
@@ -289,6 +296,26 @@ class SpendLedger:
 
         self._change(end_call)
         self._open_call = None
+
+    def _cost(
+        self, outcome: Outcome, usage: Mapping[str, Any] | None, pricing: Pricing | None
+    ) -> dict[str, Any]:
+        """The call's cost fields: from its usage or the price of an image; a call that may have been
+        billed and reported no usage is estimated (``cost_estimated``). Empty without a price table."""
+        if pricing is None or not outcome.may_be_billed:
+            return {}
+        cost = pricing.cost_of(usage)
+        # Whether a cut call was billed at all is a guess, so its cost is an estimate however priced.
+        estimated = outcome is not Outcome.PAID
+        if cost is None:
+            cost, estimated = self._recent_cost(pricing), True
+        if cost is None:
+            return {}
+        return {"cost": cost, "cost_estimated": estimated, "currency": pricing.currency}
+
+    def _recent_cost(self, pricing: Pricing) -> Decimal | None:
+        """The recent mean cost of an image of this size, for a call without usage; None without one."""
+        return None
 
     # -- the image after it was paid for ----------------------------------------------------------------
 
