@@ -163,7 +163,10 @@ class SpendCap:
 
     def _recent_costs(self) -> list[Decimal]:
         """The connection's recent costs per image of this size (``storage/costs.py``)."""
-        from airflow_bettertoken.storage.costs import CostHistory, cost_history_location
+        try:
+            from airflow_bettertoken.storage.costs import CostHistory, cost_history_location
+        except ImportError:  # the cost history comes with the money core (issue 26, storage/costs.py)
+            return []
 
         location = cost_history_location(self.bucket, self.hook.bettertoken_conn_id)
         found = self.io.get(location)

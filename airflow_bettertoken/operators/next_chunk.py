@@ -54,7 +54,8 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
     edit of this run was blocked by budget, or the listing planned fewer edits than it would have
     because the rest did not fit the cap; the log says what was spent and how to resume (trigger the
     next chunk's run id with a higher ``max_spend`` in its conf). Otherwise it is skipped. With
-    ``max_active_runs=1`` the runs follow each other. A run cleared and run again finds its next run there already and leaves it be. Its
+    ``max_active_runs=1`` the runs follow each other. A run cleared and run again finds its next run
+    there already and leaves it be. Its
     decision is pushed as XCom ``next_chunk`` (``{"next_run_id", "reason"}``) for the manifest.
 
     :param edits: the listing's output: ``list_task.output``; its ``counts`` XCom says what remains.

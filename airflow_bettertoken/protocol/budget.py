@@ -325,7 +325,7 @@ def plan_line(plan: SpendPlan) -> str:
     from airflow_bettertoken.protocol.price import money
 
     if plan.currency is None or plan.this_run is None:
-        line = "No estimate of the cost: the connection has no price table (extra 'prices'), no edit was priced"
+        line = "No estimate of the cost: the connection has no price table (extra 'prices')"
         return line if plan.reservation is None else f"{line}; max_spend cannot be kept"
     cur = plan.currency
 

@@ -277,11 +277,11 @@ def with_reservation(chain: ChainState, run_id: str, plan: SpendPlan) -> ChainSt
     """
     spent, reserved = chain.under_cap(run_id)
     changed = (spent, reserved) != (plan.spent, plan.reserved_by_others)
-    if plan.max_spend is not None and plan.reservation is not None and changed:
-        if spent + reserved + plan.reservation > plan.max_spend:
-            raise BetterTokenRecordConflictError(
-                f"the chain of run {run_id} spent or reserved more while it planned; planning again"
-            )
+    over = plan.max_spend is not None and spent + reserved + (plan.reservation or 0) > plan.max_spend
+    if plan.reservation is not None and changed and over:
+        raise BetterTokenRecordConflictError(
+            f"the chain of run {run_id} spent or reserved more while it planned; planning again"
+        )
     reservations = {r: amount for r, amount in chain.reservations.items() if r != run_id}
     if plan.reservation is not None:
         reservations[run_id] = plan.reservation
