@@ -251,7 +251,7 @@ def test_unreadable_budget_records_send_nothing(s3, buckets, emulator, connectio
     run = RunStub("unreadable")
     # No reservation (no listing ran in this run): nothing is sent.
     op = BetterTokenImageEditOperator(task_id="edit_image", dest=dest, **edit, **common)
-    with pytest.raises(AirflowFailException, match="reservation .* is missing"):
+    with pytest.raises(AirflowFailException, match=r"reservation .* is missing"):
         op.execute(run.context("edit_image", 0))
     # A reservation hidden by a 403.
     lister = BetterTokenListImagesOperator(
