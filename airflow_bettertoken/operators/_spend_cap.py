@@ -19,7 +19,7 @@ import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from airflow_bettertoken.exceptions import BetterTokenConfigError, BetterTokenSpendCapError
+from airflow_bettertoken.exceptions import BetterTokenConfigError, BetterTokenError, BetterTokenSpendCapError
 from airflow_bettertoken.protocol.budget import (
     BLOCKED_BY_BUDGET,
     Estimate,
@@ -157,9 +157,14 @@ class SpendCap:
         return plan_line(plan)
 
     def _estimate(self) -> Estimate | None:
-        table = self.hook.price_table()
-        recent = self._recent_costs()
-        return estimate_per_image(recent, table, self.size)
+        try:
+            return estimate_per_image(self._recent_costs(), self.hook.price_table(), self.size)
+        except BetterTokenError as err:
+            if self.capped:
+                raise
+            # Without a cap the estimate is a report: the preflight and the edits check the connection.
+            log.warning("No estimate of the cost: %s", err)
+            return None
 
     def _recent_costs(self) -> list[Decimal]:
         """The connection's recent costs per image of this size (``storage/costs.py``)."""

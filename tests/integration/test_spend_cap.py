@@ -28,7 +28,7 @@ from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
 from airflow_bettertoken.operators.next_chunk import BetterTokenNextChunkOperator
 from airflow_bettertoken.protocol.budget import SpendPlan, is_blocked_by_budget
 from airflow_bettertoken.protocol.result import EditFailure
-from airflow_bettertoken.storage.chain import ChainState, next_chunk_run_id
+from airflow_bettertoken.storage.chain import ChainState, chain_location, next_chunk_run_id
 from airflow_bettertoken.storage.run_budget import RunBudget, run_tally
 from airflow_bettertoken.storage.s3_io import S3IO
 from airflow_bettertoken.testing.samples import sample_image
@@ -131,8 +131,9 @@ def run_cost(s3, buckets, run_id: str) -> Decimal:
     return Decimal(json.loads(body)["spend"]["cost"])
 
 
-def chain_of(s3, buckets, root: str) -> ChainState:
-    body = s3.get_object(Bucket=buckets.out, Key=f"_bettertoken/chains/{DAG_ID}/{root}.json")["Body"].read()
+def chain_of(s3, buckets, root: str, dag_id: str = DAG_ID) -> ChainState:
+    location = chain_location(buckets.out, dag_id, root)
+    body = s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
     return ChainState.load(json.loads(body), root)
 
 
@@ -332,3 +333,30 @@ def test_with_a_cap_each_call_costs_a_put_and_a_list(s3, buckets, emulator, conn
     assert len(budget) == 3
     io = S3IO(image_edit.S3Hook(aws_conn_id="aws_default"))
     assert run_tally(io, RunBudget(io, buckets.out, DAG_ID, "priced").prefix) == (Decimal("0.04"), 1)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_the_example_backfill_takes_max_spend_as_a_param_and_stops_its_chain_there(
+    s3, buckets, emulator, catalog, sandbox, monkeypatch
+):
+    from tests.airflow_versions import load_dag
+
+    catalog(5)
+    env = sandbox.connection_env()["AIRFLOW_CONN_BETTERTOKEN_DEFAULT"]
+    priced = json.loads(env)
+    priced["extra"] = {**priced["extra"], "prices": PER_IMAGE}
+    monkeypatch.setenv("AIRFLOW_CONN_BETTERTOKEN_DEFAULT", json.dumps(priced))
+    conf = {
+        "in_bucket": buckets.src,
+        "out_bucket": buckets.out,
+        "dest_prefix": "edited/",
+        "until_done": True,
+        "max_spend": "USD 0.12",
+    }
+    run = load_dag("bettertoken_backfill").test(run_conf=conf)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success" and states["next_chunk"] == "skipped"
+    assert emulator.stats()["posts"] == 3  # USD 0.12 at USD 0.04 an image
+    chain = chain_of(s3, buckets, run.run_id, dag_id="bettertoken_backfill")
+    assert chain.max_spend == Decimal("0.12") and chain.reservations == {}
+    assert chain.estimate.stopped_by_cap and chain.spend.cost == Decimal("0.12")
