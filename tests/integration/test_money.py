@@ -8,11 +8,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
 from airflow_bettertoken.operators.preflight import BetterTokenPreflightOperator
-from airflow_bettertoken.protocol.spend import Outcome, OutputLedger
+from airflow_bettertoken.protocol.spend import Outcome, OutputLedger, run_spend
+from airflow_bettertoken.storage.costs import read_cost_history
 from airflow_bettertoken.testing.samples import sample_image
 from tests.conftest import TaskInstanceStub
 
@@ -136,3 +139,71 @@ def test_a_bad_price_table_fails_the_preflight(buckets, emulator, connection):
     ):
         op.execute(context_of("run-1"))
     assert emulator.stats()["posts"] == 0
+
+
+def manifest_of(buckets, conn_id: str, edits: list[dict], results: list[dict], run_id: str):
+    """The run's manifest task, on the edits' XCom as a mapped run would pull it."""
+    op = BetterTokenManifestOperator(
+        task_id="write_manifest",
+        edits=edits,
+        results=results,
+        manifest_uri=f"s3://{buckets.out}/edited/_manifest.json",
+        bettertoken_conn_id=conn_id,
+    )
+    context = context_of(run_id)
+    context["ti"].xcom_pull = lambda **kwargs: None
+    op.execute(context)
+    return op
+
+
+def test_a_runs_paid_costs_estimate_a_later_cut_call_without_usage(s3, buckets, emulator, connection):
+    conn_id = connection({"prices": PRICES})  # token prices only: no price of an image by size
+    s3.put_object(Bucket=buckets.src, Key="a.png", Body=PNG)
+    emulator.configure(output_tokens={"1024x1024": 4160})
+    edits = [
+        {"source": f"s3://{buckets.src}/a.png", "dest": f"s3://{buckets.out}/edited/{name}.png"}
+        for name in ("one", "two")
+    ]
+    results = [
+        BetterTokenImageEditOperator(
+            task_id="edit", prompt=prompt, size="1024x1024", bettertoken_conn_id=conn_id, **edit
+        ).execute(context_of("run-1"))
+        for edit, prompt in zip(edits, ("short", "a much longer prompt than the first"), strict=True)
+    ]
+    manifest_of(buckets, conn_id, edits, results, "run-1")
+
+    run = json.loads(s3.get_object(Bucket=buckets.out, Key="edited/_manifests/run-1.json")["Body"].read())
+    paid = [
+        ledger_of(s3, buckets.out, f"edited/{name}.png").edits[0].calls[0].cost for name in ("one", "two")
+    ]
+    assert run["currency"] == "USD" and Decimal(run["spend"]["cost"]) == sum(paid)
+    assert (run["spend"]["cost_estimated"], run["spend"]["calls_unpriced"]) == ("0", 0)
+    history = read_cost_history(S3Hook(), buckets.out, conn_id)
+    assert history.recent_cost_per_image("1024x1024") == paid
+    manifest_of(buckets, conn_id, edits, results, "run-1")  # cleared and run again: counted once
+    assert read_cost_history(S3Hook(), buckets.out, conn_id).recent_cost_per_image("1024x1024") == paid
+
+    emulator.queue({"action": "drop"})
+    BetterTokenImageEditOperator(
+        task_id="edit",
+        prompt="p",
+        size="1024x1024",
+        bettertoken_conn_id=conn_id,
+        source=f"s3://{buckets.src}/a.png",
+        dest=f"s3://{buckets.out}/edited/three.png",
+    ).execute(context_of("run-2"))
+    cut, _ = ledger_of(s3, buckets.out, "edited/three.png").edits[0].calls
+    assert (cut.outcome, cut.cost, cut.cost_estimated) == (Outcome.MAYBE_BILLED, sum(paid) / 2, True)
+
+
+def test_a_cut_call_with_no_recent_costs_and_no_image_price_is_unpriced(
+    s3, buckets, emulator, edit_op, connection
+):
+    emulator.configure(usage=USAGE)
+    emulator.queue({"action": "drop"})
+    edit_op(connection({"prices": PRICES})).execute(context_of("run-1"))
+    ledger = ledger_of(s3, buckets.out)
+    cut, _ = ledger.edits[0].calls
+    assert (cut.outcome, cut.cost, cut.currency) == (Outcome.MAYBE_BILLED, None, None)
+    spend = run_spend([ledger], "money_dag", "run-1")
+    assert (spend.cost, spend.calls_unpriced) == (USAGE_COST, 1)
