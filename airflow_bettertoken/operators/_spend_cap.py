@@ -30,6 +30,7 @@ from airflow_bettertoken.protocol.budget import (
     spend_plan,
     with_planned_edits,
 )
+from airflow_bettertoken.storage.costs import CostHistory, cost_history_location
 from airflow_bettertoken.storage.run_budget import RunBudget, RunReservation
 from airflow_bettertoken.storage.s3_io import Presence
 
@@ -158,7 +159,11 @@ class SpendCap:
 
     def _estimate(self) -> Estimate | None:
         try:
-            return estimate_per_image(self._recent_costs(), self.hook.price_table(), self.size)
+            recent, currency = self._recent_costs()
+            table = self.hook.price_table()
+            if table is not None and currency not in (None, table.currency):
+                recent = []  # costs in another currency than today's prices say nothing of them
+            return estimate_per_image(recent, table, self.size, currency=currency)
         except BetterTokenError as err:
             if self.capped:
                 raise
@@ -166,25 +171,20 @@ class SpendCap:
             log.warning("No estimate of the cost: %s", err)
             return None
 
-    def _recent_costs(self) -> list[Decimal]:
-        """The connection's recent costs per image of this size (``storage/costs.py``)."""
-        try:
-            from airflow_bettertoken.storage.costs import CostHistory, cost_history_location
-        except ImportError:  # the cost history comes with the money core (issue 26, storage/costs.py)
-            return []
-
+    def _recent_costs(self) -> tuple[list[Decimal], str | None]:
+        """The connection's recent costs per image of this size (``storage/costs.py``), and their currency."""
         location = cost_history_location(self.bucket, self.hook.bettertoken_conn_id)
         found = self.io.get(location)
         if found.presence is Presence.HIDDEN and self.capped:
             self._check_readable(location, "the connection's cost history")
         if not found.found:
-            return []
+            return [], None
         try:
             document = json.loads(found.body or b"null")
         except ValueError:
             document = None  # loads as no record, an error naming the object
         history = CostHistory.load(document, location.uri)
-        return list(history.recent_cost_per_image(self.size))
+        return list(history.recent_cost_per_image(self.size)), history.currency
 
     def _check_readable(self, location: S3Location, what: str) -> None:
         if self.io.head(location).presence is Presence.HIDDEN:

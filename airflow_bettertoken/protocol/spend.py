@@ -157,8 +157,9 @@ class Call:
     :param cost: what the call cost, in ``currency``, from the connection's price table: an estimate,
         since the provider's invoice is the truth; None without a price table (or a billed call that
         could not be priced).
-    :param cost_estimated: the cost is the recent mean cost of an image, not the call's own usage or
-        price: the call may have been billed, and reported no usage.
+    :param cost_estimated: the call may have been billed (it was cut), or its cost is the recent mean
+        cost of an image since it reported no usage and the table has no price for its size.
+    :param size: the requested size, written with the cost: the recent costs are kept by size.
     """
 
     number: int
@@ -177,6 +178,7 @@ class Call:
     cost: Decimal | None = None
     cost_estimated: bool = False
     currency: str | None = None
+    size: str | None = None
 
     @property
     def was_cut(self) -> bool:

@@ -100,6 +100,8 @@ class RunResult:
     started_at: float | None
     finished_at: float
     spend: RunSpend = RunSpend()
+    #: The currency of ``spend.cost``: the price table's; None when the run priced no call.
+    currency: str | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -181,6 +183,11 @@ class ChainState(Record):
         reserved = sum((amount for run, amount in self.reservations.items() if run != run_id), Decimal(0))
         return spent, reserved
 
+    @property
+    def currency(self) -> str | None:
+        """The currency of the chain's costs: its latest priced run's."""
+        return next((run.currency for run in reversed(self.runs) if run.currency), None)
+
     def window(self, run_id: str) -> Window | None:
         return next((w for w in self.windows if w.run_id == run_id), None)
 
@@ -250,6 +257,7 @@ class ChainState(Record):
             failed=len(for_good) + len(may_retry),
             failed_for_good=len(for_good),
             spend=manifest.spend,
+            currency=manifest.currency,
             **result,
         )
         settled = self.after_run(run, done=done, failed_for_good=for_good, failed_may_retry=may_retry)

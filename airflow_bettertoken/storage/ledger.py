@@ -30,6 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from airflow_bettertoken.exceptions import (
     BetterTokenBudgetError,
     BetterTokenClaimLostError,
+    BetterTokenError,
     BetterTokenStorageError,
 )
 from airflow_bettertoken.protocol.price import Pricing
@@ -50,6 +51,7 @@ from airflow_bettertoken.protocol.spend import (
     likely_cause,
     may_send,
 )
+from airflow_bettertoken.storage.costs import read_cost_history
 from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
 from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.s3_io import S3IO
@@ -311,11 +313,21 @@ class SpendLedger:
             cost, estimated = self._recent_cost(pricing), True
         if cost is None:
             return {}
-        return {"cost": cost, "cost_estimated": estimated, "currency": pricing.currency}
+        return {"cost": cost, "cost_estimated": estimated, "currency": pricing.currency, "size": pricing.size}
 
     def _recent_cost(self, pricing: Pricing) -> Decimal | None:
-        """The recent mean cost of an image of this size, for a call without usage; None without one."""
-        return None
+        """The recent mean cost of an image of this size (``storage/costs.py``), for a call that reported
+        no usage; None when none is known, or it cannot be read (the call is then left unpriced)."""
+        try:
+            history = read_cost_history(
+                self.s3_hook, self.output.bucket, pricing.conn_id, extra_args=self.extra_args
+            )
+        except (BetterTokenError, ClientError, BotoCoreError) as err:
+            log.warning("Could not read the recent costs to estimate this call's: %s", err)
+            return None
+        if history is None or history.currency != pricing.currency:
+            return None
+        return history.mean_cost(pricing.size)
 
     # -- the image after it was paid for ----------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from airflow_bettertoken.storage.listing import ListingCounts
 from airflow_bettertoken.storage.run_manifest import RunManifest, Summary, fold_into_summary
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "records"
-UNPRICED = {"usage": None, "cost": None, "cost_estimated": False, "currency": None}
+UNPRICED = {"usage": None, "cost": None, "cost_estimated": False, "currency": None, "size": None}
 SPEND = RunSpend(posts=2, paid=2, images_stored=1, billed_without_image=1)
 
 
