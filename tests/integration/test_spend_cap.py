@@ -113,6 +113,7 @@ def run_chunk(buckets, run_id: str, conn_id: str, *, max_edits: int, pool: int =
         results=[],
         manifest_uri=f"s3://{buckets.out}/edited/_manifest.json",
         fail_on_failed_edits=False,
+        bettertoken_conn_id=conn_id,
     )
     manifest.listing_task_id = "list_images"
     manifest.edits = edits
@@ -154,18 +155,22 @@ def catalog(s3, buckets):
 
 
 def test_the_estimate_range_holds_what_a_small_catalog_cost(s3, buckets, emulator, connection, catalog):
-    catalog(4)
+    catalog(8)
     conn_id = connection({"prices": PER_TOKEN})
-    run = run_chunk(buckets, "estimate", conn_id, max_edits=10)
-    plan, actual = estimate_of(run), run_cost(s3, buckets, "estimate")
-    print(
-        f"estimate ({plan.basis}) for 4 images: {plan.this_run.low} to {plan.this_run.high} "
-        f"(mid {plan.this_run.mid}); actual {actual}"
-    )
-    assert plan.this_run.images == 4 and plan.rest_of_catalog.images == 4
-    assert plan.this_run.low <= actual <= plan.this_run.high
-    assert actual > 0 and emulator.stats()["posts"] == 4
-    assert chain_of(s3, buckets, "estimate").estimate == plan  # recorded in the chain too
+    for run_id, basis in (
+        ("estimate", "price table of 2026-11-01"),
+        ("estimate__chunk2", "recent mean of 4"),
+    ):
+        run = run_chunk(buckets, run_id, conn_id, max_edits=4)
+        plan, actual = estimate_of(run), run_cost(s3, buckets, run_id)
+        print(
+            f"estimate ({plan.basis}) for 4 images: {plan.this_run.low} to {plan.this_run.high} "
+            f"(mid {plan.this_run.mid}); actual {actual}"
+        )
+        assert plan.basis.startswith(basis) and plan.this_run.images == 4
+        assert plan.this_run.low <= actual <= plan.this_run.high
+        assert chain_of(s3, buckets, "estimate").estimate == plan  # recorded in the chain too
+    assert plan.rest_of_catalog.images == 4 and emulator.stats()["posts"] == 8
 
 
 def test_a_cap_reached_mid_run_stops_four_edits_at_once_and_bounds_the_overshoot(
