@@ -31,6 +31,7 @@ __all__ = [
     "BetterTokenResponseError",
     "BetterTokenServerError",
     "BetterTokenSizeMismatchError",
+    "BetterTokenSpendCapError",
     "BetterTokenStorageError",
     "BetterTokenTransportError",
     "BetterTokenUploadError",
@@ -135,6 +136,15 @@ class BetterTokenResponseError(BetterTokenError):
 class BetterTokenBudgetError(BetterTokenError):
     """Raised instead of a call when the image's budget of calls that may have been billed is spent,
     or when its run was stopped because edit after edit was cut."""
+
+
+class BetterTokenSpendCapError(BetterTokenBudgetError):
+    """Raised instead of a call when its run has used up the money it reserved under ``max_spend``, or
+    when the records the cap is computed from cannot be read: the edit is blocked by budget.
+
+    It is no failure of the edit itself: a chain plans it again once the cap is raised (see
+    docs/spend.rst, "The cap"). No task retry is spent on it.
+    """
 
 
 class BetterTokenClaimLostError(BetterTokenError):

@@ -41,6 +41,9 @@ from airflow_bettertoken import SIZES, catalog_backfill
 THE_DAY = "(params.day or (dag_run.logical_date or dag_run.run_after).strftime('%Y-%m-%d'))"
 DAY = "{{ " + THE_DAY + " ~ '/' if params.by_date else '' }}"
 
+# A cap such as "25.00" or "USD 25.00", or empty for none.
+MONEY = "^(([A-Z]{3} )?[0-9]+(\\.[0-9]+)?)?$"
+
 with DAG(
     dag_id="bettertoken_backfill",
     schedule=None,
@@ -63,6 +66,12 @@ with DAG(
         "until_done": Param(
             False, type="boolean", description="Trigger the next run until every image is done"
         ),
+        "max_spend": Param(
+            "",
+            type="string",
+            pattern=MONEY,
+            description="The chain's cap on cost, in the price table's currency (e.g. 25.00); empty: none",
+        ),
         "retry_failed": Param(
             False,
             type="boolean",
@@ -78,6 +87,7 @@ with DAG(
         max_edits_per_run="{{ params.max_edits_per_run }}",
         until_done="{{ params.until_done }}",
         retry_failed="{{ params.retry_failed }}",
+        max_spend="{{ params.max_spend }}",
         conf_updates={"day": "{{ " + THE_DAY + " }}"},
         pool="bettertoken",
     )

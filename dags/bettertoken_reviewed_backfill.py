@@ -33,6 +33,9 @@ UNDECIDED = "reject"
 #: How long each round waits for its answer.
 REVIEW_TIMEOUT = timedelta(hours=48)
 
+# A cap such as "25.00" or "USD 25.00", or empty for none.
+MONEY = "^(([A-Z]{3} )?[0-9]+(\\.[0-9]+)?)?$"
+
 with DAG(
     dag_id="bettertoken_reviewed_backfill",
     schedule=None,
@@ -47,6 +50,12 @@ with DAG(
         "prompt": Param("Put the product on a plain white background", type="string", minLength=1),
         "size": Param("auto", enum=list(SIZES)),
         "max_edits_per_run": Param(500, type="integer", minimum=1, maximum=1024),
+        "max_spend": Param(
+            "",
+            type="string",
+            pattern=MONEY,
+            description="The run's cap on cost, in the price table's currency (e.g. 25.00); empty: none",
+        ),
         "review": Param(
             False, type="boolean", description="Stage the edits until a person approves each one"
         ),
@@ -59,6 +68,7 @@ with DAG(
         size="{{ params.size }}",
         max_edits_per_run="{{ params.max_edits_per_run }}",
         pool="bettertoken",
+        max_spend="{{ params.max_spend }}",
         review="{{ params.review }}",
         review_timeout=REVIEW_TIMEOUT,
         undecided=UNDECIDED,

@@ -32,6 +32,7 @@ from airflow_bettertoken.protocol.wire import MODEL, check_image_count, check_pr
 from airflow_bettertoken.storage.ledger import SpendLedger
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore, UploadFailed
+from airflow_bettertoken.storage.run_budget import BudgetedGuard, RunBudget
 from airflow_bettertoken.storage.s3_io import ObjectRead
 from airflow_bettertoken.storage.spill import SpillDir
 
@@ -100,6 +101,8 @@ class EditSteps:
     :param max_billed_calls: the operator's bound, over the connection's.
     :param log: the task's logger, so that the steps' lines read as the task's.
     :param timing: the clock and sleep of the ledger's conditional writes (virtual in tests).
+    :param budget: the run's reservation under ``max_spend``, checked before each call; None without a
+        cap (then no request is made for it).
     """
 
     def __init__(
@@ -113,8 +116,10 @@ class EditSteps:
         max_billed_calls: int | None,
         log: logging.Logger,
         timing: Timing | None = None,
+        budget: RunBudget | None = None,
     ) -> None:
         self.hook = hook
+        self.budget = budget
         self.store = store
         self.if_exists = if_exists
         self.on_size_mismatch = on_size_mismatch
@@ -229,7 +234,7 @@ class EditSteps:
             images,
             edit.size,
             idempotency_key=idempotency_key(ledger.holder, edit.digest),
-            guard=ledger,
+            guard=ledger if self.budget is None else BudgetedGuard(ledger, self.budget),
         )
 
     def write(self, edit: Edit, result: EditResult, ledger: SpendLedger) -> EditXCom:

@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow_bettertoken.exceptions import BetterTokenConfigError
 from airflow_bettertoken.protocol.png import DEFAULT_MAX_PIXELS
+from airflow_bettertoken.protocol.price import PRICES_EXTRA, PriceTable, price_table_of
 from airflow_bettertoken.protocol.retry import RetryPolicy
 from airflow_bettertoken.protocol.spend import (
     DEFAULT_CLAIM_SECONDS,
@@ -30,6 +31,7 @@ _HOOK_EXTRAS = (
     "proxies",
     "max_pixels",
     "omit_fields",
+    PRICES_EXTRA,
     *_SPEND_EXTRAS,
 )
 
@@ -50,6 +52,8 @@ class ConnectionSettings:
     spend_policy: SpendPolicy
     #: Form fields left out of each edit request, for servers that refuse them.
     omit_fields: frozenset[str] = frozenset()
+    #: The price table (extra ``prices``); None without one, and then reports stay in calls and tokens.
+    prices: PriceTable | None = None
 
 
 def read_settings(
@@ -94,6 +98,7 @@ def read_settings(
             claim_seconds=_positive(extra, "claim_seconds", DEFAULT_CLAIM_SECONDS, conn_id),
         ),
         omit_fields=_omit_fields(extra.get("omit_fields"), conn_id),
+        prices=price_table_of(extra, conn_id),
     )
 
 

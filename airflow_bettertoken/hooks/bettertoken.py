@@ -24,6 +24,7 @@ from airflow_bettertoken.get_provider_info import UI_FIELD_BEHAVIOUR
 from airflow_bettertoken.hooks._connection import ConnectionSettings, fix_hint, read_settings
 from airflow_bettertoken.hooks._transport import failure_kind, new_session, read_edit_answer
 from airflow_bettertoken.protocol.png import PngHeader, verify_png
+from airflow_bettertoken.protocol.price import PriceTable, Pricing
 from airflow_bettertoken.protocol.result import EditResult
 from airflow_bettertoken.protocol.retry import Failure, RetryDecision, RetryLoop, Timing, is_retryable_status
 from airflow_bettertoken.protocol.spend import (
@@ -74,8 +75,8 @@ class _Call:
     ledger, which counts it as billed.
     """
 
-    def __init__(self, guard: SpendGuard | None, timing: Timing, log: Any) -> None:
-        self.guard, self.timing, self.log = guard, timing, log
+    def __init__(self, guard: SpendGuard | None, timing: Timing, log: Any, pricing: Pricing | None) -> None:
+        self.guard, self.timing, self.log, self.pricing = guard, timing, log, pricing
         if guard is not None:
             guard.before_send()
         self.sent_at = timing.clock()
@@ -85,19 +86,23 @@ class _Call:
         if self.guard is None:
             return
         try:
-            self.guard.after_call(outcome, elapsed_s=self.timing.clock() - self.sent_at, **how)
+            elapsed_s = self.timing.clock() - self.sent_at
+            self.guard.after_call(outcome, elapsed_s=elapsed_s, pricing=self.pricing, **how)
         except Exception as err:
             self.log.warning(
                 "Could not record how the call ended (%s: %s); it stays open", type(err).__name__, err
             )
 
-    def paid_but_unusable(self, err: BetterTokenResponseError, *, status: int) -> None:
+    def paid_but_unusable(
+        self, err: BetterTokenResponseError, *, status: int, usage: Mapping[str, Any] | None = None
+    ) -> None:
         self.ended(
             Outcome.PAID,
             cause=f"an unusable answer: {err}",
             status=status,
             request_id=err.request_id,
             evidence=err.evidence,
+            usage=usage,
         )
 
 
@@ -106,7 +111,8 @@ class BetterTokenHook(BaseHook):
 
     The connection's host is the base URL (with ``/v1``), its password the API key.
     Extras: ``timeout`` (read, default 900 s), ``connect_timeout`` (10 s), ``verify``,
-    ``proxies``, ``max_pixels``, ``omit_fields`` (form fields a strict gateway refuses), and the
+    ``proxies``, ``max_pixels``, ``omit_fields`` (form fields a strict gateway refuses), ``prices``
+    (the price table, :class:`~airflow_bettertoken.protocol.price.PriceTable`), and the
     :class:`~airflow_bettertoken.protocol.retry.RetryPolicy` fields.
 
     :param bettertoken_conn_id: the Airflow connection to use.
@@ -171,8 +177,18 @@ class BetterTokenHook(BaseHook):
         return self._session
 
     def check_config(self) -> None:
-        """Read and check the connection, so that a bad one fails before anything is read or paid."""
+        """Read and check the connection, so that a bad one fails before anything is read or paid.
+
+        The price table is part of it: one that does not parse fails here, once, before any call.
+        """
         self._settings  # noqa: B018 (reading it is the check)
+
+    def price_table(self) -> PriceTable | None:
+        """The connection's price table (extra ``prices``); None without one.
+
+        :raises BetterTokenConfigError: naming the connection and the field, when it does not parse.
+        """
+        return self._settings.prices
 
     def test_connection(self) -> tuple[bool, str]:
         """List the models with ``GET /models``: cheap, and never a paid call."""
@@ -243,9 +259,11 @@ class BetterTokenHook(BaseHook):
             idempotency_key = fingerprint(MODEL, prompt, size, digests)
         url = self._settings.base_url + EDITS_PATH
         loop = RetryLoop(self._settings.retry_policy, self.timing)
+        table = self.price_table()
+        pricing = Pricing(self.bettertoken_conn_id, table, request.size) if table is not None else None
         while True:
             loop.begin_attempt()
-            call = _Call(guard, self.timing, self.log)
+            call = _Call(guard, self.timing, self.log, pricing)
             try:
                 reply = self._post_once(url, request, idempotency_key)
             except requests.RequestException as err:
@@ -358,9 +376,15 @@ class BetterTokenHook(BaseHook):
             result = self._result(answer, request, loop.attempt, loop.elapsed, reply.request_id)
         except BetterTokenResponseError as err:
             err.evidence, err.request_id = answer.png, reply.request_id
-            call.paid_but_unusable(err, status=reply.status)
+            call.paid_but_unusable(err, status=reply.status, usage=answer.usage)
             raise
-        call.ended(Outcome.PAID, cause="a usable image", status=reply.status, request_id=reply.request_id)
+        call.ended(
+            Outcome.PAID,
+            cause="a usable image",
+            status=reply.status,
+            request_id=reply.request_id,
+            usage=answer.usage,
+        )
         return result
 
     def _result(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from airflow.providers.common.compat.sdk import TaskGroup, task
@@ -31,6 +32,7 @@ from airflow_bettertoken.operators.list_images import BetterTokenListImagesOpera
 from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
 from airflow_bettertoken.operators.next_chunk import BetterTokenNextChunkOperator, is_on
 from airflow_bettertoken.operators.review import BetterTokenReviewOperator
+from airflow_bettertoken.protocol.budget import parse_money
 from airflow_bettertoken.protocol.spend import check_max_billed_calls
 from airflow_bettertoken.protocol.wire import check_prompt, check_size
 from airflow_bettertoken.storage.locations import parse_s3_prefix
@@ -89,6 +91,8 @@ def catalog_backfill(
     conf_updates: Mapping[str, Any] | None = None,
     pool: str | None = "bettertoken",
     max_billed_calls: int | None = None,
+    max_spend: str | None = None,
+    max_spend_per_run: str | None = None,
     review: bool | str = False,
     review_timeout: timedelta | None = timedelta(hours=48),
     undecided: str = "reject",
@@ -128,6 +132,11 @@ def catalog_backfill(
     :param pool: the Airflow pool that caps the paid calls in flight; create it before the first run.
     :param max_billed_calls: calls for one image that may have been billed, ever, before no more are sent;
         default the connection's extra, else 2.
+    :param max_spend: the cap on what the whole chain of runs spends, in the connection's price table's
+        currency (``"25.00"`` or ``"USD 25.00"``), e.g. ``"{{ params.max_spend }}"``; unset, none. Each run
+        plans only the edits whose estimate fits what is left, and its edits stop once their calls used
+        up its reservation; the chain then stops and says how to resume. (templated)
+    :param max_spend_per_run: the cap on what one run spends. (templated)
     :param review: stage the edits until a person approves each one (Airflow 3.1+). (templated)
     :param review_timeout: how long each review round waits for its answer; None waits for ever.
     :param undecided: ``reject`` or ``approve``: what an image nobody decided on gets when a round closes.
@@ -148,10 +157,15 @@ def catalog_backfill(
             "leave review out"
         )
     _check_fixed_arguments(source_prefix, dest_prefix, prompt, size, max_edits_per_run)
-    # The budget: today a cap on the calls per image. A money cap (max_spend) will join it here.
+    # The budget: a cap on the calls per image, and on the money of a run and of the chain.
     budget: dict[str, Any] = {}
     if max_billed_calls is not None:
         budget["max_billed_calls"] = check_max_billed_calls(max_billed_calls, "catalog_backfill")
+    caps = {"max_spend": max_spend, "max_spend_per_run": max_spend_per_run}
+    for name, cap in caps.items():
+        if _fixed(cap) or isinstance(cap, (int, Decimal)):
+            parse_money(cap, f"catalog_backfill {name}")
+    budget.update({name: cap for name, cap in caps.items() if cap is not None})
     connections = {"s3_extra_args": s3_extra_args, "aws_conn_id": aws_conn_id}
     edit_options = {
         "retries": edit_retries,
@@ -171,7 +185,9 @@ def catalog_backfill(
             stage_prefix=staging,
             max_edits=max_edits_per_run,
             replan_failed=retry_failed,
+            size=size,
             bettertoken_conn_id=bettertoken_conn_id,
+            **{name: cap for name, cap in caps.items() if cap is not None},
             **connections,
         )
         edits = BetterTokenImageEditOperator.partial(

@@ -15,12 +15,14 @@ from airflow_bettertoken.edits.steps import IF_EXISTS, ON_SIZE_MISMATCH, Edit, E
 from airflow_bettertoken.exceptions import BetterTokenInputError, fail_task_on_permanent_error
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators._links import OutputImageLink, SourceImagesLink
+from airflow_bettertoken.protocol.budget import parse_money
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.protocol.retry import RetryPolicy, Timing
 from airflow_bettertoken.protocol.spend import check_max_billed_calls
 from airflow_bettertoken.protocol.wire import check_prompt, check_size
 from airflow_bettertoken.storage.locations import parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore
+from airflow_bettertoken.storage.run_budget import RunBudget
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 from airflow_bettertoken.triggers.claim import ClaimWaitTrigger
 
@@ -75,6 +77,11 @@ class BetterTokenImageEditOperator(BaseOperator):
         and DAGs), before no more are sent; default the connection's extra, else 2.
     :param image_label: the edit's name in the grid and the gallery, e.g. the source's path under the listed
         prefix (the listing sets it); default the first source's file name. (templated)
+    :param max_spend: the cap of this run's chain (``catalog_backfill`` passes it): when it or
+        ``max_spend_per_run`` is set, each call is first counted against the reservation the run's
+        listing made under it, and the edit is blocked by budget (``BetterTokenSpendCapError``) once
+        that is used up, or when it cannot be read. Unset, no request is made for it. (templated)
+    :param max_spend_per_run: the cap of this run alone (see ``max_spend``). (templated)
     :param bettertoken_conn_id: the BetterToken connection.
     :param aws_conn_id: the AWS connection for S3. (templated)
     """
@@ -89,6 +96,8 @@ class BetterTokenImageEditOperator(BaseOperator):
         "image_label",
         "s3_extra_args",
         "aws_conn_id",
+        "max_spend",
+        "max_spend_per_run",
     )
     ui_color = "#e8f0fe"
     operator_extra_links = (OutputImageLink(), SourceImagesLink())
@@ -109,6 +118,8 @@ class BetterTokenImageEditOperator(BaseOperator):
         s3_extra_args: dict[str, Any] | None = None,
         image_label: str | None = None,
         max_billed_calls: int | None = None,
+        max_spend: str | None = None,
+        max_spend_per_run: str | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
@@ -126,6 +137,8 @@ class BetterTokenImageEditOperator(BaseOperator):
         self.s3_extra_args = s3_extra_args
         self.image_label = image_label
         self.max_billed_calls = max_billed_calls
+        self.max_spend = max_spend
+        self.max_spend_per_run = max_spend_per_run
         self.bettertoken_conn_id = bettertoken_conn_id
         self.aws_conn_id = aws_conn_id
         # Whatever is known before templating fails the DAG at parse time.
@@ -228,8 +241,19 @@ class BetterTokenImageEditOperator(BaseOperator):
 
         return OperatorLineage(inputs=[dataset(uri) for uri in source_uris], outputs=[dataset(output_uri)])
 
+    def _budget(self, edit: Edit, ti: Any) -> RunBudget | None:
+        """The run's reservation under its cap, when a cap is set; None otherwise (no request at all)."""
+        capped = [
+            parse_money(self.max_spend, "max_spend"),
+            parse_money(self.max_spend_per_run, "max_spend_per_run"),
+        ]
+        if not any(capped):
+            return None
+        return RunBudget(self.store.io, edit.output.bucket, ti.dag_id, ti.run_id)
+
     def _edit(self, context: Context) -> EditXCom:
         edit = Edit.check(self.prompt, self.source, self.dest, self.size)
+        self.steps.budget = self._budget(edit, context["ti"])
         # An unknown connection or a missing key fails here, before S3 and the API are touched.
         self.hook.check_config()
         existing = self.steps.existing_output(edit)

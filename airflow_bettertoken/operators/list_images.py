@@ -11,9 +11,17 @@ from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_bettertoken.exceptions import BetterTokenInputError, fail_task_on_permanent_error
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+from airflow_bettertoken.operators._spend_cap import ESTIMATE_KEY, SpendCap
 from airflow_bettertoken.operators.next_chunk import is_on
 from airflow_bettertoken.operators.preflight import preflight
-from airflow_bettertoken.storage.chain import ChainState, chain_location, progress_line, with_window_of
+from airflow_bettertoken.protocol.budget import SpendPlan
+from airflow_bettertoken.storage.chain import (
+    ChainState,
+    chain_location,
+    progress_line,
+    with_reservation,
+    with_window_of,
+)
 from airflow_bettertoken.storage.chunks import plan_chunk
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
 from airflow_bettertoken.storage.listing import (
@@ -53,7 +61,9 @@ class BetterTokenListImagesOperator(BaseOperator):
     plans, so a chain's listing costs grow with the catalog, not its square. Edits that failed for
     good in an earlier run of the chain are not planned again (unless ``replan_failed``); those that
     may succeed on another try are planned first. The XCom key ``counts`` holds ``images``, ``done``,
-    ``pending``, ``planned``, ``remaining`` and ``failed_for_good``. First, a preflight checks the
+    ``pending``, ``planned``, ``remaining`` and ``failed_for_good``; the key ``estimate`` what this run
+    and the rest of the catalog should cost (each a range, with the currency and the estimate's basis)
+    and the caps' figures; it is logged and kept in the chain's record. First, a preflight checks the
     BetterToken connection (``GET /models``, not paid) and that ``dest_prefix`` can be written (or,
     with ``stage_prefix``, that ``stage_prefix`` can, while ``dest_prefix`` is only read), so that a
     wrong key or bucket fails once, here.
@@ -77,6 +87,13 @@ class BetterTokenListImagesOperator(BaseOperator):
     :param allow_empty: a source prefix with no image is a normal, empty batch (say, a stream that may
         have nothing new), not an error.
     :param preflight: run the preflight checks first.
+    :param size: the size the edits ask for, for the estimate of their cost. (templated)
+    :param max_spend: the cap on what the whole chain of runs spends, in the connection's price table's
+        currency (``"25.00"``, or ``"USD 25.00"``); unset, none. Each run reserves the high end of its
+        planned edits' estimate against what the chain's settled runs spent and its other runs reserved,
+        and plans only what fits; its edits stop when their calls used the reservation up. When the cap
+        kept edits back, the chain stops after this run (see docs/spend.rst for how to resume). (templated)
+    :param max_spend_per_run: the cap on what one run spends. (templated)
     :param s3_extra_args: what the edits add to every S3 write, with ``S3Hook``'s meaning, e.g.
         ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``: the preflight's probe is written
         with them, so it tests what the edits will do. (templated)
@@ -92,6 +109,9 @@ class BetterTokenListImagesOperator(BaseOperator):
         "replan_failed",
         "aws_conn_id",
         "s3_extra_args",
+        "size",
+        "max_spend",
+        "max_spend_per_run",
     )
 
     def __init__(
@@ -105,6 +125,9 @@ class BetterTokenListImagesOperator(BaseOperator):
         replan_failed: bool | str = False,
         allow_empty: bool = False,
         preflight: bool = True,
+        size: str = "auto",
+        max_spend: str | None = None,
+        max_spend_per_run: str | None = None,
         s3_extra_args: dict[str, Any] | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
@@ -119,6 +142,9 @@ class BetterTokenListImagesOperator(BaseOperator):
         self.replan_failed = replan_failed
         self.allow_empty = allow_empty
         self.preflight = preflight
+        self.size = size
+        self.max_spend = max_spend
+        self.max_spend_per_run = max_spend_per_run
         self.s3_extra_args = s3_extra_args
         self.bettertoken_conn_id = bettertoken_conn_id
         self.aws_conn_id = aws_conn_id
@@ -142,12 +168,20 @@ class BetterTokenListImagesOperator(BaseOperator):
                 )
                 for warning in store_check.warnings:
                     self.log.warning("Preflight: %s", warning)
+            cap = self._cap(context["ti"], dest)
             if self.only_pending:
-                plan, chain = self._plan_chunk(context["ti"], source, dest, limit)
+                plan, chain, spend = self._plan_chunk(context["ti"], source, dest, limit, cap)
             else:
-                plan, chain = plan_every_edit(self.store, source, dest, max_edits=limit), None
+                before = cap.before_planning(None, wanted=limit)
+                plan, chain = plan_every_edit(self.store, source, dest, max_edits=before.planned), None
                 self._check_not_empty(source, plan)
+                spend = cap.after_planning(
+                    before, planned=len(plan.edits), pending=plan.pending, remaining=plan.remaining
+                )
+                cap.reserve(spend)
         context["ti"].xcom_push(key=COUNTS_KEY, value=plan.counts.dump())
+        context["ti"].xcom_push(key=ESTIMATE_KEY, value=spend.dump())
+        self.log.info("%s", cap.line(spend))
         findings = ListingFindings.of(plan.skipped, store_check)
         context["ti"].xcom_push(key=FINDINGS_KEY, value=findings.dump())
         self.log.info("%s", progress_line(plan, chain, self.source_prefix))
@@ -188,10 +222,23 @@ class BetterTokenListImagesOperator(BaseOperator):
             staged.append({**edit, "dest": stage.uri + rest})
         return staged
 
+    def _cap(self, ti: Any, dest: S3Location) -> SpendCap:
+        return SpendCap(
+            self.store.io,
+            BetterTokenHook(self.bettertoken_conn_id),
+            bucket=dest.bucket,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            size=self.size,
+            max_spend=self.max_spend,
+            max_spend_per_run=self.max_spend_per_run,
+        )
+
     def _plan_chunk(
-        self, ti: Any, source: S3Location, dest: S3Location, limit: int
-    ) -> tuple[Plan, ChainState]:
-        """This run's chunk of its chain, and the chain's record with this run's window written in."""
+        self, ti: Any, source: S3Location, dest: S3Location, limit: int, cap: SpendCap
+    ) -> tuple[Plan, ChainState, SpendPlan]:
+        """This run's chunk of its chain, what fits its caps, and the chain's record with this run's
+        window and reservation written in."""
         record = TypedRecord(
             ChainState,
             ConditionalRecord(
@@ -200,20 +247,32 @@ class BetterTokenListImagesOperator(BaseOperator):
                 extra_args=self.s3_extra_args,
             ),
         )
+        chain = record.read()
+        same = chain if chain is not None and chain.source_uri == source.uri else None
+        before = cap.before_planning(same, wanted=limit, chain_location=record.location)
         chunk = plan_chunk(
             self.store,
             source,
             dest,
             dag_id=ti.dag_id,
             run_id=ti.run_id,
-            chain=record.read(),
-            max_edits=limit,
+            chain=chain,
+            max_edits=before.planned,
             replan_failed=is_on(self.replan_failed),
         )
         # Checked before the chain's record is written: a mistyped prefix leaves no chain behind.
         self._check_not_empty(source, chunk.plan)
-        record.update(lambda current: with_window_of(current, chunk.state, ti.run_id))
-        return chunk.plan, chunk.state
+        plan = chunk.plan
+        spend = cap.after_planning(
+            before, planned=len(plan.edits), pending=plan.pending, remaining=plan.remaining
+        )
+        record.update(
+            lambda current: with_reservation(
+                with_window_of(current, chunk.state, ti.run_id), ti.run_id, spend
+            )
+        )
+        cap.reserve(spend)
+        return plan, chunk.state, spend
 
     def _max_edits(self) -> int:
         limit = conf.getint("core", "max_map_length")

@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
 from airflow_bettertoken.exceptions import BetterTokenError, fail_task_on_permanent_error
+from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators._s3 import S3Writer
 from airflow_bettertoken.operators._xcom import load_records, materialize, task_id_of
 from airflow_bettertoken.operators.next_chunk import DECISION_KEY, ChunkDecision, is_on
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.protocol.review import ReviewRecord
-from airflow_bettertoken.protocol.spend import RunSpend, run_spend
+from airflow_bettertoken.protocol.spend import OutputLedger, run_currency, run_spend
 from airflow_bettertoken.storage.chain import ChainState, chain_location, run_line
+from airflow_bettertoken.storage.costs import cost_history_location, paid_costs, record_run_costs
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
 from airflow_bettertoken.storage.ledger import read_ledgers
 from airflow_bettertoken.storage.listing import COUNTS_KEY, ListingCounts
@@ -66,6 +68,8 @@ class BetterTokenManifestOperator(S3Writer, BaseOperator):
     :param fail_on_failed_edits: fail this task, and so the run, when any edit failed.
     :param s3_extra_args: what every write to S3 adds to ``put_object``, with ``S3Hook``'s meaning, e.g.
         ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "..."}``. (templated)
+    :param bettertoken_conn_id: the edits' BetterToken connection, whose recent costs per image this
+        run's paid calls join (``storage/costs.py``); default the edit task's.
     :param aws_conn_id: the AWS connection for S3.
     """
 
@@ -88,10 +92,12 @@ class BetterTokenManifestOperator(S3Writer, BaseOperator):
         reviewed: bool | str = False,
         fail_on_failed_edits: bool = True,
         s3_extra_args: dict[str, Any] | None = None,
+        bettertoken_conn_id: str | None = None,
         aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.bettertoken_conn_id = bettertoken_conn_id
         self.edits = edits
         self.results = results
         self.edit_task_id = task_id_of(results)
@@ -123,6 +129,7 @@ class BetterTokenManifestOperator(S3Writer, BaseOperator):
             if item.reedit_of is not None and item.sources
         ]
         with fail_task_on_permanent_error():
+            ledgers = self._ledgers([*planned, *reedits], summary.bucket)
             manifest = build_run_manifest(
                 planned,
                 load_records(EditXCom, materialize(self.results), "return_value", self.edit_task_id),
@@ -132,11 +139,13 @@ class BetterTokenManifestOperator(S3Writer, BaseOperator):
                 finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 listing=self._counts(ti),
                 next_run_id=decision.next_run_id if decision else None,
-                spend=self._spend([*planned, *reedits], summary.bucket, ti),
+                spend=run_spend(ledgers, ti.dag_id, ti.run_id),
+                currency=run_currency(ledgers, ti.dag_id, ti.run_id),
                 findings=self._findings(ti),
                 review=review_manifest(review) if review is not None else None,
             )
             run_uri = write_manifests(self.s3_hook, summary, manifest, extra_args=self.s3_write_args)
+        self._record_costs(ledgers, summary.bucket, manifest, ti)
         counts = manifest.counts
         chain = self._settle_chain(planned, manifest, context)
         self.log.info("Wrote %s and the summary %s", run_uri, self.manifest_uri)
@@ -178,19 +187,61 @@ class BetterTokenManifestOperator(S3Writer, BaseOperator):
             location = review_location(bucket, ti.dag_id, ti.run_id)
             return ReviewStore(self.s3_hook, location, extra_args=self.s3_write_args).read()
 
-    def _spend(self, planned: list[Mapping[str, Any]], bucket: str, ti: Any) -> RunSpend:
-        """What this run spent, from the spend ledgers of its planned outputs in the manifest's bucket.
+    def _ledgers(self, planned: list[Mapping[str, Any]], bucket: str) -> list[OutputLedger]:
+        """The spend ledgers of the planned outputs in the manifest's bucket: what this run spent.
 
         The planned edits only name the outputs; what was sent and paid is read from the ledgers,
         which the edit tasks wrote before every call.
         """
         outputs = {_output_of(edit) for edit in planned}
-        ledgers = read_ledgers(
+        return read_ledgers(
             self.s3_hook,
             sorted(o for o in outputs if o is not None and o.bucket == bucket),
             extra_args=self.s3_write_args,
         )
-        return run_spend(ledgers, ti.dag_id, ti.run_id)
+
+    def _record_costs(self, ledgers: list[OutputLedger], bucket: str, manifest: RunManifest, ti: Any) -> None:
+        """Add this run's paid costs to its connection's recent costs: one conditional write per run.
+
+        They only estimate calls to come, so a failure to write them is logged and the run goes on.
+        """
+        costs = paid_costs(ledgers, ti.dag_id, ti.run_id)
+        conn_id = self._edits_conn_id()
+        try:
+            history = record_run_costs(
+                self.s3_hook,
+                bucket,
+                conn_id,
+                ti.run_id,
+                costs,
+                manifest.currency,
+                extra_args=self.s3_write_args,
+            )
+        except BetterTokenError as err:  # storage/s3_io.py turns S3's errors into these
+            self.log.warning("Could not add this run's costs to the recent costs of %r: %s", conn_id, err)
+            return
+        if history is not None:
+            self.log.info(
+                "Added %d paid calls' costs to the recent costs of connection %r (%s)",
+                sum(map(len, costs.values())),
+                conn_id,
+                cost_history_location(bucket, conn_id).uri,
+            )
+
+    def _edits_conn_id(self) -> str:
+        """The edits' BetterToken connection: this task's argument, else the edit task's, else the default."""
+        if self.bettertoken_conn_id:
+            return self.bettertoken_conn_id
+        try:
+            dag = self.dag
+        except (RuntimeError, AttributeError):  # a task outside a DAG (tests call execute() directly)
+            dag = None
+        task = dag.task_dict.get(self.edit_task_id) if dag is not None and self.edit_task_id else None
+        # A mapped edit task keeps its arguments in partial_kwargs; a plain one as attributes.
+        partial = getattr(task, "partial_kwargs", None)
+        found = partial.get("bettertoken_conn_id") if isinstance(partial, Mapping) else None
+        found = found or getattr(task, "bettertoken_conn_id", None)
+        return found if isinstance(found, str) and found else BetterTokenHook.default_conn_name
 
     def _settle_chain(
         self, planned: list[Mapping[str, Any]], manifest: RunManifest, context: Context

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowSkipException
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
+from airflow_bettertoken.operators._spend_cap import ESTIMATE_KEY
 from airflow_bettertoken.operators._xcom import load_records, materialize, task_id_of
+from airflow_bettertoken.protocol.budget import SpendPlan, is_blocked_by_budget
 from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.storage.chain import next_chunk_run_id
@@ -47,8 +50,12 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
     settled at least one edit: done, or failed for good (an edit that failed for good is not planned
     again, so the next chunk goes to edits that can succeed). A run that settled nothing (every edit
     met a failure that a retry might heal, such as an expired key) never triggers another, so it
-    cannot loop and keep paying. Otherwise it is skipped. With ``max_active_runs=1`` the runs follow
-    each other. A run cleared and run again finds its next run there already and leaves it be. Its
+    cannot loop and keep paying. Nor does it trigger when the chain's ``max_spend`` stopped it: an
+    edit of this run was blocked by budget, or the listing planned fewer edits than it would have
+    because the rest did not fit the cap; the log says what was spent and how to resume (trigger the
+    next chunk's run id with a higher ``max_spend`` in its conf). Otherwise it is skipped. With
+    ``max_active_runs=1`` the runs follow each other. A run cleared and run again finds its next run
+    there already and leaves it be. Its
     decision is pushed as XCom ``next_chunk`` (``{"next_run_id", "reason"}``) for the manifest.
 
     :param edits: the listing's output: ``list_task.output``; its ``counts`` XCom says what remains.
@@ -98,15 +105,25 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
         failures = load_records(EditFailure, materialize(self.failures), "failure", self.edit_task_id)
         for_good = sum(1 for failure in failures if failure.for_good)
         remaining = counts.remaining if counts else 0
-        blocked = (counts.failed_for_good if counts else 0) + for_good
+        given_up = (counts.failed_for_good if counts else 0) + for_good
         left_alone = (
-            f"; {blocked} edits failed for good and are not planned again (their reasons are in the "
+            f"; {given_up} edits failed for good and are not planned again (their reasons are in the "
             "manifests): trigger with retry_failed to try them once more"
-            if blocked
+            if given_up
             else ""
+        )
+        blocked = sum(1 for failure in failures if is_blocked_by_budget(failure))
+        spend = ti.xcom_pull(task_ids=self.listing_task_id, key=ESTIMATE_KEY)
+        plan = (
+            SpendPlan.load(spend, f"XCom {ESTIMATE_KEY!r} of task {self.listing_task_id!r}")
+            if spend
+            else None
         )
         if not is_on(self.until_done):
             reason = "until_done is off: this run is the only one"
+        elif blocked or (plan is not None and plan.stopped_by_cap):
+            reason = self._stopped_by_cap(context, plan, blocked, remaining)
+            self.log.warning("%s", reason)
         elif not remaining:
             reason = f"no images remain to be planned: this was the last run{left_alone}"
         elif not finished and not for_good:
@@ -131,3 +148,24 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
             run_id,
         )
         super().execute(context)
+
+    def _stopped_by_cap(self, context: Context, plan: SpendPlan | None, blocked: int, remaining: int) -> str:
+        """Why the chain stops at its cap, what it spent, and the trigger that resumes it."""
+        from airflow_bettertoken.protocol.price import money
+
+        ti = context["ti"]
+        currency = plan.currency if plan and plan.currency else ""
+        figures = ""
+        if plan is not None and plan.max_spend is not None and currency:
+            figures = (
+                f" (max_spend {money(plan.max_spend, currency)}: {money(plan.spent, currency)} spent by the "
+                f"chain's earlier runs, this run reserved {money(plan.reservation or 0, currency)})"
+            )
+        conf = {**(context["dag_run"].conf or {}), **self.conf_updates, "max_spend": "<a higher cap>"}
+        next_run = next_chunk_run_id(ti.run_id)
+        return (
+            f"the chain's spend cap is reached{figures}: {blocked} edits of this run were blocked by budget "
+            f"and {remaining} images remain unplanned, so no next run is triggered. To resume, paying "
+            f"nothing again for what is done: airflow dags trigger {ti.dag_id} --run-id {next_run} "
+            f"--conf '{json.dumps(conf)}' (docs/spend.rst, 'The cap')"
+        )

@@ -45,6 +45,8 @@ def preflight(
     :raises BetterTokenInputError: naming the bucket and what to fix.
     :raises BetterTokenStorageError: naming what S3 refused, the permission and the setting to fix.
     """
+    # A connection that does not parse (its price table included) fails here with its own words.
+    hook.check_config()
     ok, message = hook.test_connection()
     if not ok:
         raise BetterTokenConfigError(f"Preflight: the BetterToken connection does not work. {message}")

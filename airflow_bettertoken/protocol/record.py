@@ -88,9 +88,9 @@ class Record:
 
 
 class Sums:
-    """A record of whole numbers that add and subtract field by field: a run's spend, review decisions.
+    """A record of numbers that add and subtract field by field: a run's spend, review decisions.
 
-    Subclasses are :data:`record` dataclasses whose fields are all ``int``.
+    Subclasses are :data:`record` dataclasses whose fields are all ``int`` or ``Decimal`` (money).
     """
 
     def __add__(self: S, other: S) -> S:

@@ -15,15 +15,19 @@ from __future__ import annotations
 import dataclasses
 import enum
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Protocol
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
 from pydantic import AliasChoices, Field
 
 from airflow_bettertoken.exceptions import BetterTokenConfigError
 from airflow_bettertoken.protocol.record import Record, Sums, record
 from airflow_bettertoken.protocol.retry import Failure
+
+if TYPE_CHECKING:
+    from airflow_bettertoken.protocol.price import Pricing
 
 __all__ = [
     "DEFAULT_CLAIM_SECONDS",
@@ -45,6 +49,7 @@ __all__ = [
     "may_send",
     "outcome_of_failure",
     "outcome_of_status",
+    "run_currency",
     "run_spend",
 ]
 
@@ -148,6 +153,13 @@ class Call:
     :param elapsed_s: seconds from sending to the end: a proxy's cut shows as the same figure each time.
     :param cause: what ended it, e.g. ``HTTP 504`` or ``maybe billed: ReadTimeout``.
     :param evidence_uri: where an unusable paid answer was kept, for the provider's support.
+    :param usage: the token counts the answer reported (OpenAI's ``usage``), when it did.
+    :param cost: what the call cost, in ``currency``, from the connection's price table: an estimate,
+        since the provider's invoice is the truth; None without a price table (or a billed call that
+        could not be priced).
+    :param cost_estimated: the call may have been billed (it was cut), or its cost is the recent mean
+        cost of an image since it reported no usage and the table has no price for its size.
+    :param size: the requested size, written with the cost: the recent costs are kept by size.
     """
 
     number: int
@@ -162,6 +174,11 @@ class Call:
     cause: str | None = None
     evidence_uri: str | None = None
     sent: bool = True
+    usage: dict[str, Any] | None = None
+    cost: Decimal | None = None
+    cost_estimated: bool = False
+    currency: str | None = None
+    size: str | None = None
 
     @property
     def was_cut(self) -> bool:
@@ -435,14 +452,27 @@ class SpendGuard(Protocol):
         request_id: str | None = None,
         evidence: bytes | bytearray | None = None,
         sent: bool = True,
+        usage: Mapping[str, Any] | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
         """Write down how the call ended; ``evidence`` is an unusable paid answer, kept for support;
-        ``sent`` is False for a call whose connection failed before anything was sent."""
+        ``sent`` is False for a call whose connection failed before anything was sent; ``usage`` is
+        the answer's token counts and ``pricing`` the connection's price table with the requested
+        size (None without a price table), to write down what the call cost."""
 
 
 @record
 class RunSpend(Sums, Record):
-    """What one DAG run spent, summed from the ledgers of the outputs it worked on."""
+    """What one DAG run spent, summed from the ledgers of the outputs it worked on.
+
+    The costs are in the currency of the connection's price table, which the run manifest, the
+    summary and the chain keep beside this record (``currency``): it holds numbers only, to add up.
+
+    :param cost: the estimated cost of every billed call that has one: paid, and maybe billed.
+    :param cost_estimated: the part of ``cost`` that is the recent mean cost of an image, for calls
+        that may have been billed and reported no usage.
+    :param calls_unpriced: billed calls without a cost: no price table (or one that did not apply).
+    """
 
     posts: int = 0
     paid: int = 0
@@ -451,6 +481,9 @@ class RunSpend(Sums, Record):
     billed_without_image: int = 0
     stopped_by_budget: int = 0
     stopped_by_run: int = 0
+    cost: Decimal = Decimal(0)
+    cost_estimated: Decimal = Decimal(0)
+    calls_unpriced: int = 0
 
 
 def run_spend(ledgers: Iterable[OutputLedger], dag_id: str, run_id: str) -> RunSpend:
@@ -465,6 +498,7 @@ def run_spend(ledgers: Iterable[OutputLedger], dag_id: str, run_id: str) -> RunS
             mine = [c for c in entry.calls if c.by.in_run(dag_id, run_id)]
             gave_the_image = {entry.image_call} if entry.stored is not None else set()
             refusals = [r.why for r in entry.refusals if r.by.in_run(dag_id, run_id)]
+            billed = [a for a in mine if a.outcome.may_be_billed]
             total += RunSpend(
                 posts=sum(1 for a in mine if a.sent),
                 paid=sum(1 for a in mine if a.outcome is Outcome.PAID),
@@ -475,5 +509,25 @@ def run_spend(ledgers: Iterable[OutputLedger], dag_id: str, run_id: str) -> RunS
                 ),
                 stopped_by_budget=refusals.count("budget"),
                 stopped_by_run=refusals.count("run"),
+                cost=sum((a.cost for a in billed if a.cost is not None), Decimal(0)),
+                cost_estimated=sum(
+                    (a.cost for a in billed if a.cost is not None and a.cost_estimated), Decimal(0)
+                ),
+                calls_unpriced=sum(1 for a in billed if a.cost is None),
             )
     return total
+
+
+def run_currency(ledgers: Iterable[OutputLedger], dag_id: str, run_id: str) -> str | None:
+    """The currency of one DAG run's costs: its priced calls'; None when none was priced.
+
+    The price table's currency could change within a run only if the connection were edited
+    during it; the last priced call's currency is taken then.
+    """
+    found = None
+    for ledger in ledgers:
+        for entry in ledger.edits:
+            for call in entry.calls:
+                if call.currency and call.by.in_run(dag_id, run_id):
+                    found = call.currency
+    return found

@@ -19,10 +19,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AliasChoices, Field, TypeAdapter, field_serializer, field_validator
 
+from airflow_bettertoken.exceptions import BetterTokenRecordConflictError
+from airflow_bettertoken.protocol.budget import SpendPlan, is_blocked_by_budget
 from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.result import EditFailure, first_line
 from airflow_bettertoken.protocol.spend import RunSpend
@@ -43,6 +46,7 @@ __all__ = [
     "next_chunk_run_id",
     "progress_line",
     "run_line",
+    "with_reservation",
     "with_window_of",
 ]
 
@@ -96,6 +100,8 @@ class RunResult:
     started_at: float | None
     finished_at: float
     spend: RunSpend = RunSpend()
+    #: The currency of ``spend.cost``: the price table's; None when the run priced no call.
+    currency: str | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -112,6 +118,9 @@ class ChainState(Record):
         Records written before it had this name call it ``retry``.
     :param failed_for_good: source keys that failed for good, with why: not planned again unless
         asked. Records written before it had this name call it ``failed``.
+    :param max_spend: the chain's cap on its cost, as its last run set it; None without one.
+    :param reservations: what each run reserved under the cap, until its manifest settles it.
+    :param estimate: the last run's estimate and cap figures (the listing's XCom ``estimate``).
     """
 
     dag_id: str
@@ -128,6 +137,9 @@ class ChainState(Record):
         dict[str, EditFailure], Field(validation_alias=AliasChoices("failed_for_good", "failed"))
     ] = Field(default_factory=dict)
     runs: tuple[RunResult, ...] = ()
+    max_spend: Decimal | None = None
+    reservations: dict[str, Decimal] = Field(default_factory=dict)
+    estimate: SpendPlan | None = None
 
     @field_validator("failed_for_good", mode="after")
     @classmethod
@@ -163,6 +175,18 @@ class ChainState(Record):
     @property
     def spend(self) -> RunSpend:
         return sum((run.spend for run in self.runs), RunSpend())
+
+    def under_cap(self, run_id: str) -> tuple[Decimal, Decimal]:
+        """What the chain's other runs spent (settled) and reserved (not settled yet), for ``run_id``'s
+        planning: the run's own earlier calls are in its tally (``storage/run_budget.py``)."""
+        spent = sum((run.spend.cost for run in self.runs if run.run_id != run_id), Decimal(0))
+        reserved = sum((amount for run, amount in self.reservations.items() if run != run_id), Decimal(0))
+        return spent, reserved
+
+    @property
+    def currency(self) -> str | None:
+        """The currency of the chain's costs: its latest priced run's."""
+        return next((run.currency for run in reversed(self.runs) if run.currency), None)
 
     def window(self, run_id: str) -> Window | None:
         return next((w for w in self.windows if w.run_id == run_id), None)
@@ -222,7 +246,7 @@ class ChainState(Record):
             failure = failures.get(dest)
             if dest in written:
                 done.append(key)
-            elif failure is not None and failure.for_good:
+            elif failure is not None and failure.for_good and not is_blocked_by_budget(failure):
                 for_good[key] = failed_edit(failure, manifest.run_id)
             else:
                 may_retry.append(key)
@@ -233,9 +257,13 @@ class ChainState(Record):
             failed=len(for_good) + len(may_retry),
             failed_for_good=len(for_good),
             spend=manifest.spend,
+            currency=manifest.currency,
             **result,
         )
-        return self.after_run(run, done=done, failed_for_good=for_good, failed_may_retry=may_retry)
+        settled = self.after_run(run, done=done, failed_for_good=for_good, failed_may_retry=may_retry)
+        # Its cost is in its result now: the run's reservation is released.
+        reservations = {r: amount for r, amount in self.reservations.items() if r != manifest.run_id}
+        return dataclasses.replace(settled, reservations=reservations)
 
 
 def with_window_of(current: ChainState | None, planned: ChainState, run_id: str) -> ChainState:
@@ -246,6 +274,27 @@ def with_window_of(current: ChainState | None, planned: ChainState, run_id: str)
     if current is None or window is None or current.source_uri != planned.source_uri:
         return planned
     return current.with_window(window)
+
+
+def with_reservation(chain: ChainState, run_id: str, plan: SpendPlan) -> ChainState:
+    """The chain once the run ``run_id`` reserved what it plans to spend under the cap (none without a
+    cap), with its estimate. Made again on every fresher record, it still fits or it fails.
+
+    :raises BetterTokenRecordConflictError: when other runs reserved or spent so much meanwhile that the
+        reservation no longer fits: the listing's retry plans again from the fresh record.
+    """
+    spent, reserved = chain.under_cap(run_id)
+    changed = (spent, reserved) != (plan.spent, plan.reserved_by_others)
+    over = plan.max_spend is not None and spent + reserved + (plan.reservation or 0) > plan.max_spend
+    if plan.reservation is not None and changed and over:
+        raise BetterTokenRecordConflictError(
+            f"the chain of run {run_id} spent or reserved more while it planned; planning again"
+        )
+    reservations = {r: amount for r, amount in chain.reservations.items() if r != run_id}
+    if plan.reservation is not None:
+        reservations[run_id] = plan.reservation
+    max_spend = plan.max_spend if plan.max_spend is not None else chain.max_spend
+    return dataclasses.replace(chain, reservations=reservations, max_spend=max_spend, estimate=plan)
 
 
 def progress_line(plan: Any, chain: ChainState | None, source_uri: str) -> str:

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,8 +30,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from airflow_bettertoken.exceptions import (
     BetterTokenBudgetError,
     BetterTokenClaimLostError,
+    BetterTokenError,
     BetterTokenStorageError,
 )
+from airflow_bettertoken.protocol.price import Pricing
 from airflow_bettertoken.protocol.result import EditResult
 from airflow_bettertoken.protocol.retry import Timing
 from airflow_bettertoken.protocol.spend import (
@@ -48,6 +51,7 @@ from airflow_bettertoken.protocol.spend import (
     likely_cause,
     may_send,
 )
+from airflow_bettertoken.storage.costs import read_cost_history
 from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
 from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.s3_io import S3IO
@@ -261,6 +265,8 @@ class SpendLedger:
         request_id: str | None = None,
         evidence: bytes | bytearray | None = None,
         sent: bool = True,
+        usage: Mapping[str, Any] | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
         number = self._open_call
         if number is None:
@@ -268,6 +274,7 @@ class SpendLedger:
         evidence_uri = self._keep_evidence(number, evidence, request_id) if evidence is not None else None
         self.evidence_uri = evidence_uri or self.evidence_uri
         usable = outcome is Outcome.PAID and evidence is None
+        priced = self._cost(outcome, usage, pricing)
 
         def end_call(ledger: OutputLedger, now: float) -> OutputLedger:
             ledger = ledger.end_call(
@@ -281,6 +288,8 @@ class SpendLedger:
                 cause=cause,
                 evidence_uri=evidence_uri,
                 sent=sent,
+                usage=dict(usage) if usage else None,
+                **priced,
             )
             if usable:
                 entry = dataclasses.replace(ledger.entry(self.edit_id), image_call=number)
@@ -289,6 +298,36 @@ class SpendLedger:
 
         self._change(end_call)
         self._open_call = None
+
+    def _cost(
+        self, outcome: Outcome, usage: Mapping[str, Any] | None, pricing: Pricing | None
+    ) -> dict[str, Any]:
+        """The call's cost fields: from its usage or the price of an image; a call that may have been
+        billed and reported no usage is estimated (``cost_estimated``). Empty without a price table."""
+        if pricing is None or not outcome.may_be_billed:
+            return {}
+        cost = pricing.cost_of(usage)
+        # Whether a cut call was billed at all is a guess, so its cost is an estimate however priced.
+        estimated = outcome is not Outcome.PAID
+        if cost is None:
+            cost, estimated = self._recent_cost(pricing), True
+        if cost is None:
+            return {}
+        return {"cost": cost, "cost_estimated": estimated, "currency": pricing.currency, "size": pricing.size}
+
+    def _recent_cost(self, pricing: Pricing) -> Decimal | None:
+        """The recent mean cost of an image of this size (``storage/costs.py``), for a call that reported
+        no usage; None when none is known, or it cannot be read (the call is then left unpriced)."""
+        try:
+            history = read_cost_history(
+                self.s3_hook, self.output.bucket, pricing.conn_id, extra_args=self.extra_args
+            )
+        except (BetterTokenError, ClientError, BotoCoreError) as err:
+            log.warning("Could not read the recent costs to estimate this call's: %s", err)
+            return None
+        if history is None or history.currency != pricing.currency:
+            return None
+        return history.mean_cost(pricing.size)
 
     # -- the image after it was paid for ----------------------------------------------------------------
 

@@ -106,6 +106,8 @@ class RunManifest(Record):
     :param remaining: images the listing left for later runs.
     :param next_run_id: the run that continues this one, when the work goes on in chunks.
     :param spend: what the run spent, from the spend ledgers of its outputs (never from XCom).
+    :param currency: the currency of ``spend.cost`` (the price table's); None when no call was priced,
+        and then the run's spend is in calls and tokens only.
     :param usage: the API's token counts, summed over the run's paid images.
     :param findings: what the listing found besides its edits; None when it pushed none.
     """
@@ -118,6 +120,7 @@ class RunManifest(Record):
     remaining: int | None = None
     next_run_id: str | None = None
     spend: RunSpend = RunSpend()
+    currency: str | None = None
     usage: dict[str, int] = Field(default_factory=dict)
     size_mismatches: list[SizeMismatch] = Field(default_factory=list)
     failures: list[EditFailure] = Field(default_factory=list)
@@ -169,13 +172,19 @@ class RecentRun(RunBrief):
 @record
 class Summary(Record):
     """Every run's edits, spend and usage, summed: ``_manifest.json``, a running total that each run
-    adds itself to with one conditional write. Format 1 summaries were rebuilt from every manifest."""
+    adds itself to with one conditional write. Format 1 summaries were rebuilt from every manifest.
+
+    ``currency`` is that of ``spend.cost``: the latest priced run's. ``mixed_currencies`` says that runs
+    were priced in different currencies (the price table changed currency), so the sum means little.
+    """
 
     FORMAT = 2
 
     runs: int = 0
     images_done: int = 0
     spend: RunSpend = RunSpend()
+    currency: str | None = None
+    mixed_currencies: bool = False
     usage: dict[str, int] = Field(default_factory=dict)
     review: ReviewTotals = ReviewTotals()
     latest_run: RunBrief | None = None
@@ -201,6 +210,7 @@ def build_run_manifest(
     listing: ListingCounts | None = None,
     next_run_id: str | None = None,
     spend: RunSpend | None = None,
+    currency: str | None = None,
     findings: ListingFindings | None = None,
     review: ReviewSection | None = None,
 ) -> RunManifest:
@@ -212,6 +222,7 @@ def build_run_manifest(
     :param listing: the listing's counts (``images``, ``done``, ``pending``, ``remaining``), if known.
     :param next_run_id: the run that continues this one, when the work goes on in chunks.
     :param spend: what the run spent, from the spend ledgers of its outputs (never from XCom).
+    :param currency: the currency of the spend's cost; None when no call was priced.
     :param findings: the listing's findings: the keys it skipped and what the preflight found about the
         store; None when the listing pushed none.
     """
@@ -235,6 +246,7 @@ def build_run_manifest(
         remaining=listing.remaining if listing else None,
         next_run_id=next_run_id,
         spend=spend or RunSpend(),
+        currency=currency,
         usage=usage,
         size_mismatches=[
             SizeMismatch(r.output_uri, r.requested_size, r.width, r.height)
@@ -309,10 +321,14 @@ def fold_into_summary(summary: Summary | None, run: RunManifest, previous: RunMa
     )
     recent = sorted([*recent, brief], key=lambda r: r.finished_at or "")
     latest = recent[-1]
+    currencies = {summary.currency, run.currency} - {None}
+    mixed = summary.mixed_currencies or len(currencies) > 1
     return Summary(
         runs=summary.runs + (counted is None),
         images_done=summary.images_done + added.images_done - taken.images_done,
         spend=summary.spend + added.spend - taken.spend,
+        currency=run.currency or summary.currency,
+        mixed_currencies=mixed,
         usage=usage,
         review=summary.review + added.review - taken.review,
         latest_run=RunBrief(**{f.name: getattr(latest, f.name) for f in dataclasses.fields(RunBrief)}),

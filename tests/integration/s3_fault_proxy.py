@@ -61,6 +61,8 @@ class S3FaultProxy:
         #: The next this-many object PUTs are stored, but their answer is lost: the client sees a 503.
         self.lose_put_answers = 0
         self.fail_reads = 0
+        #: GETs and HEADs of the keys it is true for are denied (403), as a policy that denies them does.
+        self.deny_reads: Callable[[str], bool] = lambda key: False
         self.requester_pays = False
         self.require_kms = False
         self.no_list_bucket = False
@@ -87,6 +89,9 @@ class S3FaultProxy:
                     proxy.deleted_keys += [unescape(k) for k in keys]
                 is_object_put = self.command == "PUT" and bool(key) and "uploadId" not in query
                 if proxy.requester_pays and self.headers.get("x-amz-request-payer") != "requester":
+                    self._reply(403, {"Content-Type": "application/xml"}, ACCESS_DENIED)
+                    return
+                if key and self.command in ("GET", "HEAD") and proxy.deny_reads(key):
                     self._reply(403, {"Content-Type": "application/xml"}, ACCESS_DENIED)
                     return
                 if key and self.command in ("GET", "HEAD") and proxy.fail_reads != 0:

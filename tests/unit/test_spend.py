@@ -252,8 +252,11 @@ def test_a_runs_spend_is_its_own_share_of_each_ledger():
         billed_without_image=2,
         stopped_by_budget=1,
         stopped_by_run=1,
+        calls_unpriced=3,  # no price table: the billed calls (cut, paid, open) have no cost
     )
-    assert run_spend([stored], "other_dag", "run-9") == RunSpend(posts=1, paid=1, billed_without_image=1)
+    assert run_spend([stored], "other_dag", "run-9") == RunSpend(
+        posts=1, paid=1, billed_without_image=1, calls_unpriced=1
+    )
     assert spend - spend == RunSpend() and spend + RunSpend() == spend
 
 

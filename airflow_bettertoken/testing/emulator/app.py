@@ -41,6 +41,12 @@ from airflow_bettertoken.testing.emulator.service_spec import (
 # The faults "drop" (the connection closes once the request was read), "gateway_timeout" (a 504
 # after it was read) and "truncated_png" (a 200 whose PNG is cut short) each leave the client without
 # an image that the real service made and billed: each counts in the ledger's ``paid``.
+# OpenAI's gpt-image output tokens for a 1024x1024 image at high quality; other sizes scale with the
+# pixels (its pricing page lists 4160 for 1024x1024 and about 6200 for 1024x1536 and 1536x1024).
+OUTPUT_TOKENS_PER_MEGAPIXEL = 4160
+# Input tokens of the prompt text (per character, roughly) and of each reference image.
+TEXT_TOKENS_PER_CHAR = 0.25
+IMAGE_TOKENS_PER_REFERENCE = 323
 GATEWAY_TIMEOUT_PAGE = b"<html><head><title>504 Gateway Time-out</title></head><body>504</body></html>"
 
 
@@ -55,6 +61,9 @@ class EmulatorConfig:
         ``unknown_parameter``, as a strict server does; False accepts and ignores it.
     :param refused_fields: fields refused as unknown although the page lists them, to play a stricter
         gateway: ``("response_format",)`` answers as OpenAI does for gpt-image models.
+    :param usage: the ``usage`` every answer reports, exactly; None reports :func:`default_usage`.
+    :param output_tokens: output tokens by requested size, over the default (scaled by pixels).
+    :param send_usage: False leaves ``usage`` out of the answer, as some gateways do.
     """
 
     api_key: str | None = None
@@ -62,9 +71,37 @@ class EmulatorConfig:
     size_map: dict[str, str] = field(default_factory=dict)
     strict_fields: bool = True
     refused_fields: tuple[str, ...] = ()
+    usage: dict[str, Any] | None = None
+    output_tokens: dict[str, int] = field(default_factory=dict)
+    send_usage: bool = True
 
     def copy(self, **changes: Any) -> EmulatorConfig:
-        return dataclasses.replace(self, **{"size_map": dict(self.size_map), **changes})
+        copied = {"size_map": dict(self.size_map), "output_tokens": dict(self.output_tokens)}
+        return dataclasses.replace(self, **{**copied, **changes})
+
+    def usage_of(self, prompt: str, images: int, size: str) -> dict[str, Any] | None:
+        """The ``usage`` of an answer, shaped like OpenAI's image API; None when it sends none."""
+        if not self.send_usage:
+            return None
+        if self.usage is not None:
+            return dict(self.usage)
+        return default_usage(prompt, images, size, self.output_tokens.get(size))
+
+
+def default_usage(prompt: str, images: int, size: str, output_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's image API usage: input tokens split into text and image, output tokens by size."""
+    text = max(1, round(len(prompt) * TEXT_TOKENS_PER_CHAR))
+    image = IMAGE_TOKENS_PER_REFERENCE * images
+    if output_tokens is None:
+        width, _, height = size.partition("x")
+        megapixels = int(width) * int(height) / (1024 * 1024) if size != "auto" else 1.0
+        output_tokens = round(OUTPUT_TOKENS_PER_MEGAPIXEL * megapixels)
+    return {
+        "input_tokens": text + image,
+        "input_tokens_details": {"text_tokens": text, "image_tokens": image},
+        "output_tokens": output_tokens,
+        "total_tokens": text + image + output_tokens,
+    }
 
 
 @dataclass
@@ -294,15 +331,13 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             ledger.paid += 1
             await asyncio.sleep(config.latency + float((fault or {}).get("seconds", 0)))
             png = await run_in_threadpool(render_edit, images[0], size, config.size_map)
-            body = {
+            body: dict[str, Any] = {
                 "created": int(time.time()),
                 "data": [{"b64_json": base64.b64encode(png).decode(), "revised_prompt": prompt}],
-                "usage": {
-                    "input_tokens": 50 + 100 * len(images),
-                    "output_tokens": 1000,
-                    "total_tokens": 1050 + 100 * len(images),
-                },
             }
+            usage = config.usage_of(prompt, len(images), size)
+            if usage is not None:
+                body["usage"] = usage
             headers = {"x-request-id": f"req_{uuid.uuid4().hex[:16]}"}
             if fault and fault.get("action") == "truncated_png":
                 cut = base64.b64encode(png[: len(png) // 2]).decode()
@@ -332,6 +367,9 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             size_map=dict(changes.get("size_map", config.size_map)),
             strict_fields=bool(changes.get("strict_fields", config.strict_fields)),
             refused_fields=tuple(changes.get("refused_fields", config.refused_fields)),
+            usage=changes.get("usage", config.usage),
+            output_tokens=dict(changes.get("output_tokens", config.output_tokens)),
+            send_usage=bool(changes.get("send_usage", config.send_usage)),
         )
         return {"latency": state["config"].latency, "size_map": state["config"].size_map}
 

@@ -24,7 +24,10 @@ class EmulatorControl:
         requests.post(f"{self.root_url}/_emulator/faults", json=list(faults), timeout=10).raise_for_status()
 
     def configure(self, **changes: Any) -> None:
-        """Change ``latency``, ``size_map`` or ``api_key`` until the next reset."""
+        """Change ``latency``, ``size_map``, ``api_key``, or the answers' token usage until the next
+        reset: ``usage`` (reported exactly, e.g. ``{"input_tokens": 400, "input_tokens_details":
+        {"text_tokens": 77, "image_tokens": 323}, "output_tokens": 4160, "total_tokens": 4560}``),
+        ``output_tokens`` by size (``{"1024x1024": 4160}``) or ``send_usage=False`` (no usage at all)."""
         requests.post(f"{self.root_url}/_emulator/config", json=changes, timeout=10).raise_for_status()
 
     def stats(self) -> dict[str, Any]:
