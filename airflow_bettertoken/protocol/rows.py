@@ -32,7 +32,7 @@ def template_fields_of(template: str) -> tuple[str, ...]:
     names: list[str] = []
     for match in string.Template.pattern.finditer(template):
         if match.group("invalid") is not None:
-            at = match.start("invalid")
+            at = match.start()
             raise BetterTokenInputError(
                 f"prompt_template has a '$' at character {at + 1} that names no field "
                 f"({template[at : at + 12]!r}); write ${{field}} for a row's field, $$ for a '$'"
@@ -196,6 +196,10 @@ def _dest(key: str, fields: Mapping[str, object], spec: RowSpec) -> str:
     if not own and not spec.dest_prefix.endswith(":/") and spec.dest_prefix.count("/") > 3:
         # A checked prefix below the bucket's root and a checked key: the output is safe as it is.
         return spec.dest_prefix + key + ".png"
+    if own and not own.endswith((".png", "/")):
+        raise BetterTokenInputError(
+            f"dest {own!r:.200} in field {spec.dest_column!r} must end in .png, or in '/' for a prefix"
+        )
     dest = own if own.endswith(".png") else (own or spec.dest_prefix) + key + ".png"
     problem = _uri_problem(dest)
     if problem or dest.split("/", 3)[3].startswith(_RESERVED):

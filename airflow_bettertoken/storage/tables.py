@@ -115,7 +115,7 @@ def _jsonl_rows(lines: Iterable[str]) -> Iterator[tuple[int, Mapping[str, Any] |
         try:
             row = json.loads(line)
         except ValueError as err:
-            yield number, Unreadable(f"line {number} is not JSON ({err.msg} at character {err.colno})")
+            yield number, Unreadable(f"line {number} is not JSON ({err.msg} at character {err.pos + 1})")
             continue
         if not isinstance(row, dict):
             yield number, Unreadable(f"line {number} holds a JSON {type(row).__name__}, not an object")
