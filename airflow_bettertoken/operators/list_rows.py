@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -15,15 +17,15 @@ from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators._xcom import task_id_of
 from airflow_bettertoken.operators.next_chunk import is_on
 from airflow_bettertoken.operators.preflight import preflight
+from airflow_bettertoken.protocol.result import names_sources
 from airflow_bettertoken.protocol.rows import PlannedRow, RowSpec
 from airflow_bettertoken.storage.chain import ChainState, Window, chain_location, chain_root, with_window_of
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings, SkippedKey
-from airflow_bettertoken.storage.ledger import read_ledgers
 from airflow_bettertoken.storage.listing import COUNTS_KEY
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore
 from airflow_bettertoken.storage.records import ConditionalRecord
-from airflow_bettertoken.storage.row_planning import RowPlanner, edit_digest
+from airflow_bettertoken.storage.row_planning import RowPlanner
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 from airflow_bettertoken.storage.table_plan import table_plan_location, write_plan
 from airflow_bettertoken.storage.tables import Unreadable, read_rows, table_format_of
@@ -32,10 +34,25 @@ from airflow_bettertoken.storage.typed_record import TypedRecord
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
+    from airflow_bettertoken.storage.s3_io import ObjectRead
+
 __all__ = ["BetterTokenListRowsOperator"]
 
+# HEADs in flight when looking at what made the outputs of done rows.
+_PARALLEL_HEADS = 8
 # Bad rows named in the log; the plan file has them all, the findings the first 100.
 _LOGGED_BAD_ROWS = 10
+
+
+def _made_otherwise(row: PlannedRow, head: ObjectRead) -> bool:
+    """Whether the output's metadata names another prompt, size or sources than the row's; an output
+    that names none (not made by an edit) is left as it is."""
+    meta = head.metadata
+    if not head.found or "prompt-sha256" not in meta:
+        return False
+    prompt = hashlib.sha256(row.prompt.encode()).hexdigest()
+    size = meta.get("requested-size", row.size)
+    return meta["prompt-sha256"] != prompt or size != row.size or not names_sources(meta, list(row.sources))
 
 
 def _is_template(value: object) -> bool:
@@ -87,7 +104,8 @@ class BetterTokenListRowsOperator(BaseOperator):
     :param only_pending: plan only rows whose output does not exist yet. ``False`` plans every good row,
         for a forced re-edit with ``if_exists="replace"``.
     :param replan_changed_prompts: also plan rows whose output exists but was made with another prompt
-        (or size, or sources), as its spend ledger says: one GET per existing output. (templated)
+        (or size, or sources), as the output's S3 metadata says: one HEAD per existing output; they
+        replace it (``if_exists="replace"``). (templated)
     :param max_edits: plan at most this many; default ``[core] max_map_length``. (templated)
     :param replan_failed: plan again rows that failed for good in earlier runs of the chain. (templated)
     :param allow_empty: a table with no good row is a normal, empty batch, not an error.
@@ -297,19 +315,16 @@ class BetterTokenListRowsOperator(BaseOperator):
         return found
 
     def _prompts_changed(self, rows: list[PlannedRow]) -> Collection[str]:
-        """The keys of these done rows whose stored image was made by another edit, per their ledgers."""
-        outputs = [parse_s3_uri(row.dest, "dest") for row in rows]
-        ledgers = read_ledgers(self.store.s3_hook, outputs, extra_args=self.s3_extra_args)
-        by_output = {ledger.output_uri: ledger for ledger in ledgers}
-        changed = set()
-        for row in rows:
-            ledger = by_output.get(row.dest)
-            if ledger is None:  # made without a ledger: nothing says how, so it stays
-                continue
-            digest = edit_digest(row)
-            if not any(entry.edit_id == digest and entry.stored is not None for entry in ledger.edits):
-                changed.add(row.key)
-        return changed
+        """The keys of these done rows whose output was made with another prompt, size or sources.
+
+        One HEAD per output, a few at a time: the output's S3 metadata says what made it. Its spend
+        ledger cannot: a replaced output's edit is named after the task that replaced it as well.
+        """
+        io = self.store.io
+        io.client  # noqa: B018 (one client, made before the threads share it)
+        with ThreadPoolExecutor(max_workers=_PARALLEL_HEADS) as pool:
+            heads = pool.map(lambda row: io.head(parse_s3_uri(row.dest, "dest")), rows)
+            return {row.key for row, head in zip(rows, heads, strict=True) if _made_otherwise(row, head)}
 
     def _report(self, planner: RowPlanner, plan_uri: str, source_uri: str) -> None:
         counts = planner.row_counts()

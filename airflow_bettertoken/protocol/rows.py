@@ -179,11 +179,13 @@ def _prompt(fields: Mapping[str, object], spec: RowSpec) -> str:
         pieces.append(text)
         if name is not None:
             value = fields.get(name)
-            if value is None:
+            text = value if isinstance(value, str) else _text(value)
+            # A CSV cannot tell a missing value from an empty one: neither makes a prompt worth paying for.
+            if not text.strip():
                 raise BetterTokenInputError(
-                    f"prompt_template uses ${{{name}}}, which the row has no field for"
+                    f"prompt_template uses ${{{name}}}, which the row has no value for"
                 )
-            pieces.append(value if isinstance(value, str) else _text(value))
+            pieces.append(text)
     rendered = "".join(pieces)
     try:
         return check_prompt(rendered)

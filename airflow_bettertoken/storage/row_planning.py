@@ -4,7 +4,7 @@
 yields one :class:`~airflow_bettertoken.storage.table_plan.PlanRow` per row for the plan file, while it
 keeps the edits of this run's chunk. Rows are settled a batch at a time: the outputs of a batch are
 looked up together (the caller's ``outputs_found``: a set from one LIST, HEADs for the odd output
-elsewhere), and, when asked, the ledgers of those that exist, to find rows whose prompt changed.
+elsewhere), and, when asked, what made those that exist, to find rows whose prompt changed.
 """
 
 from __future__ import annotations
@@ -15,20 +15,14 @@ from typing import Any
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
 from airflow_bettertoken.protocol.rows import BadRow, PlannedRow, RowSpec, Seen, plan_row
-from airflow_bettertoken.protocol.wire import MODEL, fingerprint
 from airflow_bettertoken.storage.findings import MAX_REPORTED_KEYS
 from airflow_bettertoken.storage.table_plan import PlanEntry, PlanRow, RowCounts
 from airflow_bettertoken.storage.tables import Unreadable
 
-__all__ = ["RowPlanner", "edit_digest"]
+__all__ = ["RowPlanner"]
 
 # Rows settled together: one lookup of their outputs (and ledgers) per batch.
 _BATCH = 1000
-
-
-def edit_digest(row: PlannedRow) -> str:
-    """The logical edit's id as the edit computes it (``Edit.check(...).digest``), which its ledger lists."""
-    return fingerprint(MODEL, row.prompt, row.size, list(row.sources), row.dest)
 
 
 @dataclass
@@ -37,8 +31,8 @@ class RowPlanner:
 
     :param outputs_found: of these output URIs, those that exist; None plans every good row (a forced
         re-edit), found or not.
-    :param prompts_changed: of these rows (whose outputs exist), the keys whose stored image was made
-        with another prompt (or size, or sources); None never replans a row that is done.
+    :param prompts_changed: of these rows (whose outputs exist), the keys whose output was made with
+        another prompt (or size, or sources); None never replans a row that is done.
     :param failed_for_good: row keys that failed for good in an earlier run of the chain, with why.
     """
 

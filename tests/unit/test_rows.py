@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from airflow_bettertoken.edits.steps import Edit
 from airflow_bettertoken.exceptions import BetterTokenInputError
 from airflow_bettertoken.protocol.rows import BadRow, PlannedRow, RowSpec, Seen, plan_row, template_fields_of
 from airflow_bettertoken.protocol.wire import MAX_PROMPT_CHARS
-from airflow_bettertoken.storage.row_planning import RowPlanner, edit_digest
+from airflow_bettertoken.storage.row_planning import RowPlanner
 from airflow_bettertoken.storage.table_plan import PlanEntry, PlanRow, table_plan_location
 from airflow_bettertoken.storage.tables import Unreadable, _csv_rows, _jsonl_rows, _text_lines
 
@@ -69,7 +68,7 @@ def test_a_good_row_is_one_edit(spec, fields, expected):
             {"key": "k", "source": "s3://in", "product": "m", "colour": "r"},
             "names no bucket and key",
         ),
-        (TEMPLATE, {"key": "k", "source": SRC, "product": "m"}, "uses ${colour}, which the row has no field"),
+        (TEMPLATE, {"key": "k", "source": SRC, "product": "m"}, "uses ${colour}, which the row has no value"),
         (TEMPLATE, {"key": "k", "source": SRC, "product": "m", "colour": None}, "uses ${colour}"),
         (OWN, {"key": "k", "source": SRC}, "field 'prompt' (the prompt) is missing or empty"),
         (OWN, {"key": "k", "source": SRC, "prompt": "p", "size": "999x1"}, "size '999x1' is not allowed"),
@@ -83,8 +82,8 @@ def test_a_good_row_is_one_edit(spec, fields, expected):
         (OWN, {"key": "k", "source": SRC, "prompt": "p", "dest": "s3://b/a/./x.png"}, "a '.' path segment"),
         (OWN, {"key": "k", "source": SRC, "prompt": "p", "dest": "s3://b/_bettertoken/"}, "provider's own"),
         (
-            RowSpec(dest_prefix=PREFIX, prompt_template="${blank}"),
-            {"key": "k", "source": SRC, "blank": "  "},
+            RowSpec(dest_prefix=PREFIX, prompt_template="   "),
+            {"key": "k", "source": SRC},
             "the rendered prompt must be a non-empty string",
         ),
     ],
@@ -138,11 +137,6 @@ def test_a_later_row_with_a_key_or_an_output_seen_before_is_bad_naming_the_first
     assert isinstance(again, BadRow) and "also on line 2" in again.reason
     same_output = seen.check(PlannedRow("b", 6, (SRC,), "p", "auto", PREFIX + "a.png"))
     assert isinstance(same_output, BadRow) and "line 2 writes the same output" in same_output.reason
-
-
-def test_the_digest_is_the_edits_own():
-    row = PlannedRow("a", 2, (SRC, "s3://in/b.png"), "p", "1024x1024", PREFIX + "a.png")
-    assert edit_digest(row) == Edit.check("p", [SRC, "s3://in/b.png"], PREFIX + "a.png", "1024x1024").digest
 
 
 def test_the_planner_settles_every_row_in_order():
