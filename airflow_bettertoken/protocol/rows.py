@@ -79,18 +79,30 @@ class RowSpec:
         check_size(self.default_size)
 
     @cached_property
-    def template_parts(self) -> tuple[tuple[str, str | None], ...]:
-        """The template as (text, field) pairs, parsed once: rendering a row is a join, not a regex."""
+    def template_format(self) -> tuple[str, tuple[str, ...]]:
+        """The template as a ``str.format`` pattern and the fields it takes in order, parsed once:
+        rendering a row is one ``format`` call, not a regex."""
         template = self.prompt_template or ""
-        parts: list[tuple[str, str | None]] = []
+        pattern: list[str] = []
+        names: list[str] = []
         at = 0
         for match in string.Template.pattern.finditer(template):
+            pattern.append(template[at : match.start()].replace("{", "{{").replace("}", "}}"))
             name = match.group("named") or match.group("braced")
-            text = template[at : match.start()] + ("$" if match.group("escaped") is not None else "")
-            parts.append((text, name))
+            if name:
+                pattern.append(f"{{{len(names)}}}")
+                names.append(name)
+            else:  # $$
+                pattern.append("$")
             at = match.end()
-        parts.append((template[at:], None))
-        return tuple(parts)
+        pattern.append(template[at:].replace("{", "{{").replace("}", "}}"))
+        return "".join(pattern), tuple(names)
+
+    @cached_property
+    def fast_dest(self) -> bool:
+        """Outputs are ``dest_prefix + key + ".png"`` with nothing more to check: no dest column, and a
+        checked prefix below the bucket's root (so no key reaches the provider's own records)."""
+        return not self.dest_column and self.dest_prefix.count("/") > 3
 
     @property
     def required_columns(self) -> tuple[str, ...]:
@@ -174,19 +186,16 @@ def _prompt(fields: Mapping[str, object], spec: RowSpec) -> str:
         if not own.strip():
             raise BetterTokenInputError(f"field {spec.prompt_column!r} (the prompt) is missing or empty")
         return check_prompt(own)
-    pieces = []
-    for text, name in spec.template_parts:
-        pieces.append(text)
-        if name is not None:
-            value = fields.get(name)
-            text = value if isinstance(value, str) else _text(value)
-            # A CSV cannot tell a missing value from an empty one: neither makes a prompt worth paying for.
-            if not text.strip():
-                raise BetterTokenInputError(
-                    f"prompt_template uses ${{{name}}}, which the row has no value for"
-                )
-            pieces.append(text)
-    rendered = "".join(pieces)
+    pattern, names = spec.template_format
+    values = []
+    for name in names:
+        value = fields.get(name)
+        text = value if isinstance(value, str) else _text(value)
+        # A CSV cannot tell a missing value from an empty one: neither makes a prompt worth paying for.
+        if not text or text.isspace():
+            raise BetterTokenInputError(f"prompt_template uses ${{{name}}}, which the row has no value for")
+        values.append(text)
+    rendered = pattern.format(*values)
     try:
         return check_prompt(rendered)
     except BetterTokenInputError as err:
@@ -195,9 +204,6 @@ def _prompt(fields: Mapping[str, object], spec: RowSpec) -> str:
 
 def _dest(key: str, fields: Mapping[str, object], spec: RowSpec) -> str:
     own = _text(fields.get(spec.dest_column)).strip() if spec.dest_column else ""
-    if not own and not spec.dest_prefix.endswith(":/") and spec.dest_prefix.count("/") > 3:
-        # A checked prefix below the bucket's root and a checked key: the output is safe as it is.
-        return spec.dest_prefix + key + ".png"
     if own and not own.endswith((".png", "/")):
         raise BetterTokenInputError(
             f"dest {own!r:.200} in field {spec.dest_column!r} must end in .png, or in '/' for a prefix"
@@ -226,7 +232,7 @@ def plan_row(fields: Mapping[str, object], line: int, spec: RowSpec) -> PlannedR
         prompt = _prompt(fields, spec)
         size_value = _text(fields.get(spec.size_column)).strip() if spec.size_column else ""
         size = check_size(size_value or spec.default_size)
-        dest = _dest(key, fields, spec)
+        dest = spec.dest_prefix + key + ".png" if spec.fast_dest else _dest(key, fields, spec)
     except BetterTokenInputError as err:
         return BadRow(key, line, str(err))
     return PlannedRow(key, line, sources, prompt, size, dest)

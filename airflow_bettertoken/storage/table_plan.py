@@ -131,8 +131,7 @@ def write_plan(
     """
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".jsonl") as spool:
         for row in rows:
-            spool.write(row.line_json())
-            spool.write("\n")
+            spool.write(row.line_json() + "\n")
         spool.flush()
         return io.upload_file(spool.name, location, if_none_match=if_none_match)
 
