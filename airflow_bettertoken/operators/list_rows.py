@@ -71,7 +71,9 @@ class BetterTokenListRowsOperator(BaseOperator):
     template fields with Jinja before the task runs. The output is ``dest_prefix + key + ".png"``.
 
     Returns ``[{"source", "dest", "prompt", "size", "image_label"}, ...]`` in the table's order; a row
-    whose prompt changed, planned with ``replan_changed_prompts``, also gets ``if_exists="replace"``.
+    whose prompt changed, planned with ``replan_changed_prompts``, also gets ``if_exists="replace"``
+    (so leave ``if_exists`` out of the edit's ``partial(...)`` then: Airflow refuses a mapped argument
+    that ``partial`` set too).
 
     Bad rows (a missing field, an unknown size, a bad URI, a prompt that renders empty or too long, a
     key or an output that an earlier row has) are reported with their reasons, in the log (the first
@@ -260,7 +262,8 @@ class BetterTokenListRowsOperator(BaseOperator):
             fmt = table_format_of(table.uri, self.table_format)
             return table.uri, read_rows(self.store.io, table, fmt)
         rows = self.rows
-        if not isinstance(rows, (list, tuple)):
+        # A list, or the lazy sequence of a mapped task's XComs.
+        if isinstance(rows, (str, bytes, Mapping)) or not hasattr(rows, "__iter__"):
             raise BetterTokenInputError(f"rows must be a list of dicts, got {type(rows).__name__}")
         source = f"xcom://{ti.dag_id}/{self.rows_task_id or self.task_id}"
         return source, (

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from airflow_bettertoken.exceptions import BetterTokenRecordError
 from airflow_bettertoken.protocol.record import FORMAT_KEY, Record, record
 from airflow_bettertoken.storage.listing import ListingCounts
 from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
@@ -139,13 +140,15 @@ def write_plan(
 def read_plan(io: S3IO, location: S3Location) -> Iterator[PlanRow]:
     """The plan file's rows, streamed.
 
-    :raises BetterTokenRecordError: for a line that is no plan row, naming the object and the line.
-    :raises BetterTokenInputError: when there is no plan file.
+    :raises BetterTokenRecordError: when there is no plan file, or for a line that is no plan row,
+        naming the object and the line.
     """
-    from airflow_bettertoken.storage.tables import read_rows
+    from airflow_bettertoken.storage.tables import Unreadable, read_jsonl
 
-    for number, row in read_rows(io, location, "jsonl"):
-        yield PlanRow.load(getattr(row, "reason", row), f"{location.uri} line {number}")
+    for number, row in read_jsonl(io, location, what="plan file"):
+        if isinstance(row, Unreadable):
+            raise BetterTokenRecordError(f"{location.uri} is no plan file: {row.reason}")
+        yield PlanRow.load(row, f"{location.uri} line {number}")
 
 
 def chain_key_of(edit: Mapping[str, Any], chain: ChainState) -> str:

@@ -18,14 +18,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenRecordError
 from airflow_bettertoken.storage.s3_io import Presence
 
 if TYPE_CHECKING:
     from airflow_bettertoken.storage.locations import S3Location
     from airflow_bettertoken.storage.s3_io import S3IO
 
-__all__ = ["TABLE_FORMATS", "Unreadable", "read_rows", "table_format_of"]
+__all__ = ["TABLE_FORMATS", "Unreadable", "read_jsonl", "read_rows", "table_format_of"]
 
 TABLE_FORMATS = ("jsonl", "csv", "parquet")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -67,10 +67,7 @@ def read_rows(
 
     :raises BetterTokenInputError: when the object is missing or hidden, or cannot be read at all.
     """
-    read, body = io.open(location)
-    if not read.found:
-        why = "does not exist" if read.presence is Presence.MISSING else "cannot be read (403: s3:GetObject?)"
-        raise BetterTokenInputError(f"table_uri {location.uri} {why}; check table_uri and the AWS connection")
+    body = _open(io, location, "table_uri", BetterTokenInputError)
     with body:
         if table_format == "parquet":
             yield from _parquet_rows(body, location.uri)
@@ -78,6 +75,28 @@ def read_rows(
             yield from _csv_rows(_text_lines(body, location.uri), location.uri)
         else:
             yield from _jsonl_rows(_text_lines(body, location.uri))
+
+
+def read_jsonl(
+    io: S3IO, location: S3Location, *, what: str
+) -> Iterator[tuple[int, Mapping[str, Any] | Unreadable]]:
+    """The JSON objects of a JSON Lines object of the provider's own (a plan file), streamed.
+
+    :raises BetterTokenRecordError: when the object is missing or hidden, or not UTF-8.
+    """
+    with _open(io, location, what, BetterTokenRecordError) as body:
+        try:
+            yield from _jsonl_rows(_text_lines(body, location.uri))
+        except BetterTokenInputError as err:
+            raise BetterTokenRecordError(str(err)) from None
+
+
+def _open(io: S3IO, location: S3Location, what: str, error: type[Exception]) -> BinaryIO:
+    read, body = io.open(location)
+    if not read.found:
+        why = "does not exist" if read.presence is Presence.MISSING else "cannot be read (403: s3:GetObject?)"
+        raise error(f"{what} {location.uri} {why}; check {what} and the AWS connection")
+    return body
 
 
 def _text_lines(body: BinaryIO, uri: str) -> Iterator[str]:

@@ -19,7 +19,7 @@ import pytest
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import AirflowFailException
 
-from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenRecordError
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
 from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
@@ -306,3 +306,13 @@ def test_a_cleared_run_writes_its_plan_again(s3, buckets, products):
     assert [row.state for row in plan_file(buckets)] == ["done", "planned", "planned"]
     location = S3Location(buckets.out, f"_bettertoken/tables/{DAG_ID}/table/plan.jsonl")
     assert location == table_plan_location(buckets.out, DAG_ID, "table")
+
+
+def test_reading_a_plan_file_names_what_is_wrong(s3, buckets):
+    io_ = S3IO(S3Hook(aws_conn_id="aws_default"))
+    location = table_plan_location(buckets.out, DAG_ID, "none")
+    with pytest.raises(BetterTokenRecordError, match=r"plan file .* does not exist"):
+        list(read_plan(io_, location))
+    s3.put_object(Bucket=buckets.out, Key=location.key, Body=b'{"key": "a"}\n')
+    with pytest.raises(BetterTokenRecordError, match=r"plan\.jsonl line 1 is not a valid PlanRow"):
+        list(read_plan(io_, location))
