@@ -52,7 +52,7 @@ class RowPlanner:
 
         :raises BetterTokenInputError: when a column the spec needs is in no row (after the last).
         """
-        seen, batch = Seen(), []
+        seen, batch = Seen(outputs=not self.spec.fast_dest), []
         missing = dict.fromkeys(self.spec.required_columns)
         columns: list[str] = []
         for line, fields in rows:
@@ -127,7 +127,13 @@ def _reason(failure: Any) -> str:
 
 
 def _plan_row(row: PlannedRow, state: str, reason: str | None = None) -> PlanEntry:
-    return PlanEntry(row.key, row.line, state, row.dest, row.prompt, row.size, row.sources, reason)
+    # tuple.__new__ as the named tuple's own __new__ does, without its extra Python call per row.
+    return _new_tuple(
+        PlanEntry, (row.key, row.line, state, row.dest, row.prompt, row.size, row.sources, reason)
+    )
+
+
+_new_tuple = tuple.__new__
 
 
 def _edit(row: PlannedRow, *, replace: bool) -> dict[str, Any]:

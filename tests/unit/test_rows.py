@@ -205,6 +205,11 @@ def test_a_column_in_no_row_fails_naming_it_and_the_columns_found():
 def test_the_plan_line_is_the_records_dump():
     entry = PlanEntry("k", 3, "bad", None, None, None, (), "why ü")
     assert json.loads(entry.line_json()) == entry.record().dump()
+    done = PlanEntry('a"b', 4, "done", "s3://o/a.png", "line\none\t$", "auto", ("s3://i/1.png", "s3://i/2"))
+    for row in (entry, done, done.record()):
+        assert row.line_json() == json.dumps(
+            row.record().dump() if isinstance(row, PlanEntry) else row.dump()
+        )
     assert PlanRow.load(json.loads(entry.line_json()), "test") == entry.record()
     assert table_plan_location("b", "dag", "manual__2026-01-01T00:00:00+00:00").key == (
         "_bettertoken/tables/dag/manual__2026-01-01T00_00_00_00_00/plan.jsonl"
