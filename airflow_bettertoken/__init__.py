@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from airflow_bettertoken.operators.backfill import catalog_backfill
     from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
     from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+    from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
     from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
     from airflow_bettertoken.operators.next_chunk import BetterTokenNextChunkOperator
     from airflow_bettertoken.operators.review import BetterTokenReviewOperator
@@ -60,6 +61,7 @@ __all__ = [
     "BetterTokenImageEditOperator",
     "BetterTokenInputError",
     "BetterTokenListImagesOperator",
+    "BetterTokenListRowsOperator",
     "BetterTokenManifestOperator",
     "BetterTokenNextChunkOperator",
     "BetterTokenNotFoundError",
@@ -88,6 +90,7 @@ _HOMES: dict[str, str] = {
     "BetterTokenHook": "hooks.bettertoken",
     "BetterTokenImageEditOperator": "operators.image_edit",
     "BetterTokenListImagesOperator": "operators.list_images",
+    "BetterTokenListRowsOperator": "operators.list_rows",
     "BetterTokenManifestOperator": "operators.manifest",
     "BetterTokenNextChunkOperator": "operators.next_chunk",
     "BetterTokenReviewOperator": "operators.review",

@@ -32,6 +32,7 @@ from airflow_bettertoken.storage.run_manifest import (
     review_manifest,
     write_manifests,
 )
+from airflow_bettertoken.storage.table_plan import chain_key_of
 from airflow_bettertoken.storage.typed_record import TypedRecord
 
 if TYPE_CHECKING:
@@ -250,7 +251,6 @@ class BetterTokenManifestOperator(S3Writer, BaseOperator):
         ti = context["ti"]
         if not planned or not self.listing_task_id:
             return None
-        source_key_of = {edit["dest"]: parse_s3_uri(edit["source"], "source").key for edit in planned}
         started = getattr(context.get("dag_run"), "start_date", None)
         started_at, finished_at = (started.timestamp() if started else None), time.time()
         bucket = parse_s3_uri(planned[0]["dest"], "dest").bucket
@@ -264,6 +264,8 @@ class BetterTokenManifestOperator(S3Writer, BaseOperator):
         def settle(current: ChainState | None) -> ChainState | None:
             if current is None:
                 return None  # the listing keeps no chain (a forced re-edit of everything)
+            # A catalog's chain keeps its edits by source key, a table's by row key.
+            source_key_of = {edit["dest"]: chain_key_of(edit, current) for edit in planned}
             return current.settle_run(
                 manifest, source_key_of=source_key_of, started_at=started_at, finished_at=finished_at
             )

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import posixpath
-import unicodedata
 from dataclasses import dataclass
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.protocol.paths import key_problem
+
+__all__ = [
+    "RESERVED_PREFIX",
+    "S3Location",
+    "check_output_key",
+    "key_problem",
+    "output_location",
+    "parse_dest",
+    "parse_s3_prefix",
+    "parse_s3_uri",
+]
 
 #: The provider's own records at the root of a destination bucket (the spend ledger, run records,
 #: evidence, spilled images): never a source, never an output.
@@ -48,25 +59,6 @@ def parse_s3_prefix(uri: object, what: str) -> S3Location:
     if not uri.endswith("/"):
         raise BetterTokenInputError(f"{what} must be {form}, got {uri!r}")
     return S3Location(bucket, key)
-
-
-def key_problem(path: str) -> str | None:
-    """Why ``path`` cannot be part of an output key, or None.
-
-    A control character, or an empty (``//``), ``.`` or ``..`` path segment: S3 stores such keys, but
-    as paths they are ambiguous or unsafe.
-    """
-    # isprintable() is False for every control character, and it is cheap: the scan runs only then.
-    if not path.isprintable() and any(unicodedata.category(ch) == "Cc" for ch in path):
-        return "a control character"
-    segments = path.rstrip("/").split("/")
-    if "" in segments:
-        return "an empty path segment ('//')"
-    if ".." in segments:
-        return "a '..' path segment"
-    if "." in segments:
-        return "a '.' path segment"
-    return None
 
 
 def check_output_key(key: str, what: str = "dest") -> None:

@@ -24,12 +24,13 @@ again and decided again (:mod:`.records`), waiting through the store's :class:`T
 from __future__ import annotations
 
 import enum
+import io
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -238,6 +239,35 @@ class S3IO:
             raise self._error(err, "CopyObject", dest, failure) from err
         return PutResult(True, (response.get("CopyObjectResult") or {}).get("ETag"))
 
+    def upload_file(self, path: str, location: S3Location, *, if_none_match: bool) -> PutResult:
+        """Upload a local file (S3Hook's transfer: multipart for big files), with the extra arguments.
+
+        :param if_none_match: create only: ``written=False`` when the key exists (412).
+        :raises BetterTokenStorageError: when S3 refused the upload, naming the permission and the fix.
+        """
+        from boto3.s3.transfer import S3Transfer
+
+        extra = dict(self.extra_args.for_write())
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        try:
+            if "IfNoneMatch" in extra and "IfNoneMatch" not in S3Transfer.ALLOWED_UPLOAD_ARGS:
+                # An older s3transfer cannot carry the condition: one PutObject from the open file.
+                with open(path, "rb") as body:
+                    response = self.client.put_object(
+                        Bucket=location.bucket, Key=location.key, Body=body, **extra
+                    )
+                return PutResult(True, response.get("ETag"))
+            self.client.upload_file(
+                path, location.bucket, location.key, ExtraArgs=extra, Config=self.s3_hook.transfer_config
+            )
+        except (ClientError, BotoCoreError) as err:
+            failure = classify(err)
+            if if_none_match and failure.status == 412:
+                return PutResult(False)
+            raise self._error(err, "PutObject", location, failure) from err
+        return PutResult(True)
+
     def head(self, location: S3Location) -> ObjectRead:
         """HEAD an object: ``FOUND`` with its fields, ``MISSING`` (404) or ``HIDDEN`` (403; see the module).
 
@@ -266,6 +296,33 @@ class S3IO:
         if if_match is not None:
             extra["IfMatch"] = if_match
         return self._read("GetObject", location, extra, max_bytes)
+
+    def open(self, location: S3Location) -> tuple[ObjectRead, BinaryIO]:
+        """GET an object as a stream, with :meth:`head`'s 403 rule: a table read a line at a time.
+
+        The caller closes the stream. A missing or hidden object comes with an empty stream.
+
+        :raises BetterTokenStorageError: for any other failure.
+        """
+        try:
+            response = self.client.get_object(
+                Bucket=location.bucket, Key=location.key, **self.extra_args.for_read()
+            )
+        except (ClientError, BotoCoreError) as err:
+            failure = classify(err)
+            if failure.status == 404 and failure.code in (None, "404", "NoSuchKey", "NotFound"):
+                return ObjectRead(Presence.MISSING), io.BytesIO()
+            if failure.status == 403 and failure.code in (None, "403", "AccessDenied"):
+                return ObjectRead(Presence.HIDDEN), io.BytesIO()
+            raise self._error(err, "GetObject", location, failure) from err
+        read = ObjectRead(
+            Presence.FOUND,
+            etag=response.get("ETag"),
+            metadata=response.get("Metadata") or {},
+            content_length=response.get("ContentLength"),
+            content_type=response.get("ContentType"),
+        )
+        return read, response["Body"]
 
     def _read(
         self, operation: str, location: S3Location, extra: dict[str, Any], max_bytes: int | None = None

@@ -43,6 +43,7 @@ def test_every_error_class_is_public():
         "BetterTokenHook",
         "BetterTokenImageEditOperator",
         "BetterTokenListImagesOperator",
+        "BetterTokenListRowsOperator",
         "BetterTokenManifestOperator",
         "BetterTokenNextChunkOperator",
         "BetterTokenReviewOperator",
