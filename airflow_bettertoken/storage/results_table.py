@@ -32,6 +32,7 @@ from typing import Any
 from airflow_bettertoken.exceptions import BetterTokenRecordError
 from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
+from airflow_bettertoken.protocol.spend import OutputLedger
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.table_plan import PlanRow
 
@@ -42,6 +43,7 @@ __all__ = [
     "EditOutcome",
     "ResultRow",
     "RunOutcomes",
+    "billed_calls_by_output",
     "merge_row",
     "results_locations",
 ]
@@ -151,6 +153,22 @@ class RunOutcomes:
         if not priced or len(currencies) != 1 or None in currencies:
             return None
         return sum((o.cost for o in priced), Decimal(0)), priced[0].currency  # type: ignore[misc]
+
+
+def billed_calls_by_output(ledgers: Iterable[OutputLedger], dag_id: str, run_id: str) -> dict[str, int]:
+    """Each output's billed calls, ever, for the edits this run sent or refused (the failed edits'
+    figure: a failed task returns no XCom with its ``billed_calls``)."""
+    billed = {}
+    for ledger in ledgers:
+        touched = [
+            entry
+            for entry in ledger.edits
+            if any(c.by.in_run(dag_id, run_id) for c in entry.calls)
+            or any(r.by.in_run(dag_id, run_id) for r in entry.refusals)
+        ]
+        if touched:
+            billed[ledger.output_uri] = sum(entry.billed_calls for entry in touched)
+    return billed
 
 
 def blocked_by_budget(failure: EditFailure) -> bool:
