@@ -45,9 +45,11 @@ def test_every_error_class_is_public():
         "BetterTokenListImagesOperator",
         "BetterTokenManifestOperator",
         "BetterTokenNextChunkOperator",
+        "BetterTokenResultsTableOperator",
         "BetterTokenReviewOperator",
         "SIZES",
         "catalog_backfill",
+        "table_enrichment",
     }
 
 
