@@ -51,3 +51,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/catalog.py
 	$(BIN)/python benchmarks/spend.py
 	$(BIN)/python benchmarks/chain.py
+	$(BIN)/python benchmarks/results_table.py

@@ -224,11 +224,12 @@ def merge_row(plan: PlanRow, run: RunOutcomes, previous: ResultRow | None) -> Re
         return _failed(plan, run.failures.get(plan.dest or ""), run.billed_calls.get(plan.dest or ""))
     if plan.state == "done":
         if earlier is not None and earlier.state in ("done", "skipped"):
-            return dataclasses.replace(earlier, key=plan.key, prompt=earlier.prompt or plan.prompt)
+            # Looked up by key, so only a missing prompt is filled in (a replace validates again).
+            return earlier if earlier.prompt is not None else dataclasses.replace(earlier, prompt=plan.prompt)
         return ResultRow(plan.key, "skipped", output_uri=plan.dest, prompt=plan.prompt)
     if plan.state == "failed for good":
         if earlier is not None and earlier.state in ("failed for good", "blocked by budget"):
-            return dataclasses.replace(earlier, key=plan.key)
+            return earlier
         reason = plan.reason or "it failed for good in an earlier run of the chain"
         return ResultRow(plan.key, "failed for good", output_uri=plan.dest, prompt=plan.prompt, error=reason)
     if plan.state == "bad":

@@ -251,27 +251,27 @@ class S3IO:
         """Upload a local file with the extra arguments: ``S3Hook``'s managed transfer (multipart for a
         big file, in parts of the connection's ``transfer_config_args``), never the file held whole.
 
-        :param if_none_match: create only: ``written=False`` when the key exists (412). Where
-            s3transfer cannot carry the condition, a small file is one ``PutObject`` and a big one a
-            multipart upload whose ``CompleteMultipartUpload`` carries it, part by part from the file.
+        :param if_none_match: create only: ``written=False`` when the key exists (412).
         :raises BetterTokenStorageError: when S3 refused the upload, naming the permission and the fix.
+
+        Where s3transfer cannot carry an argument (``IfNoneMatch`` before s3transfer knew it,
+        ``BucketKeyEnabled``), a small file is one ``PutObject`` and a big one a multipart upload of
+        our own, part by part from the file, whose ``CompleteMultipartUpload`` carries the condition.
         """
         from boto3.s3.transfer import S3Transfer
 
         config = self.s3_hook.transfer_config
         extra = {**self.extra_args.for_write(), "ContentType": content_type}
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
         try:
-            if not if_none_match or "IfNoneMatch" in S3Transfer.ALLOWED_UPLOAD_ARGS:
-                condition = {"IfNoneMatch": "*"} if if_none_match else {}
-                self.client.upload_file(
-                    path, location.bucket, location.key, ExtraArgs={**extra, **condition}, Config=config
-                )
+            if set(extra) <= set(S3Transfer.ALLOWED_UPLOAD_ARGS):
+                self.client.upload_file(path, location.bucket, location.key, ExtraArgs=extra, Config=config)
             elif os.path.getsize(path) < config.multipart_threshold:
                 with open(path, "rb") as body:
-                    params = {**extra, "Bucket": location.bucket, "Key": location.key, "Body": body}
-                    self.client.put_object(**params, IfNoneMatch="*")
+                    self.client.put_object(Bucket=location.bucket, Key=location.key, Body=body, **extra)
             else:
-                self._multipart_create_only(path, location, extra, config.multipart_chunksize)
+                self._multipart_upload(path, location, extra, config.multipart_chunksize)
         except (ClientError, BotoCoreError) as err:
             failure = classify(err)
             if if_none_match and failure.status == 412:
@@ -279,10 +279,10 @@ class S3IO:
             raise self._error(err, "PutObject", location, failure) from err
         return PutResult(True)
 
-    def _multipart_create_only(
+    def _multipart_upload(
         self, path: str, location: S3Location, extra: dict[str, Any], part_bytes: int
     ) -> None:
-        """A multipart upload that creates the object only if it is missing; aborted if it fails."""
+        """A multipart upload, each request with the arguments it takes; aborted if it fails."""
         where = {"Bucket": location.bucket, "Key": location.key}
         upload = self.client.create_multipart_upload(**where, **self._args_of("CreateMultipartUpload", extra))
         upload_id = upload["UploadId"]
@@ -302,7 +302,6 @@ class S3IO:
                 **where,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
-                IfNoneMatch="*",
                 **self._args_of("CompleteMultipartUpload", extra),
             )
         except BaseException:

@@ -77,7 +77,7 @@ def test_table_enrichment_wires_the_planner_edits_next_chunk_manifest_and_result
     assert wiring(dag) == {
         "list_rows": [],
         "edit_row": ["list_rows"],
-        "next_chunk": ["edit_row", "list_rows"],
+        "next_chunk": ["edit_row"],
         "write_manifest": ["edit_row", "list_rows", "next_chunk"],
         "write_results_table": ["edit_row", "list_rows", "next_chunk"],
     }
