@@ -57,6 +57,23 @@ def test_upload_file_creates_only_once_and_replaces_when_asked(s3, buckets, tmp_
     assert s3.list_multipart_uploads(Bucket=buckets.out).get("Uploads", []) == []
 
 
+def test_upload_file_sends_arguments_s3transfer_refuses_in_parts_of_its_own(s3, buckets, tmp_path):
+    """``BucketKeyEnabled`` is a PutObject argument that boto3's managed transfer refuses."""
+    path = tmp_path / "table"
+    path.write_bytes(b"x" * 6 * MIB)
+    where = S3Location(buckets.out, "tables/latest.parquet")
+    parts = S3IO(
+        S3Hook(aws_conn_id="aws_default", transfer_config_args={"multipart_threshold": 5 * MIB}),
+        {"BucketKeyEnabled": True, "ServerSideEncryption": "AES256"},
+    )
+
+    assert parts.upload_file(str(path), where, if_none_match=False).written
+
+    stored = s3.head_object(Bucket=buckets.out, Key=where.key)
+    assert (stored["ContentLength"], stored["ServerSideEncryption"]) == (6 * MIB, "AES256")
+    assert s3.list_multipart_uploads(Bucket=buckets.out).get("Uploads", []) == []
+
+
 def out_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/rows/{key}.png"
 
