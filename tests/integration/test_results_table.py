@@ -14,10 +14,11 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow_bettertoken.exceptions import BetterTokenOutputExistsError
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.storage.locations import S3Location
-from airflow_bettertoken.storage.results_table import RunOutcomes
+from airflow_bettertoken.storage.results_table import RunOutcomes, results_locations
 from airflow_bettertoken.storage.results_writer import write_results_table
 from airflow_bettertoken.storage.s3_io import S3IO
 from airflow_bettertoken.storage.table_plan import PlanRow, read_plan, table_plan_location, write_plan
+from airflow_bettertoken.testing.samples import sample_image
 
 MIB = 1024 * 1024
 
@@ -205,32 +206,48 @@ with DAG(dag_id="results_table_test", schedule=None, start_date=pendulum.datetim
 
 
 @pytest.fixture
-def results_dag(tmp_path, monkeypatch, buckets, airflow_db):
-    (tmp_path / "results_table_test.py").write_text(DAG_FILE.format(out=buckets.out, src=buckets.src))
+def bundle(tmp_path, monkeypatch, airflow_db):
+    """A DAG bundle of the test's own: ``load(dag_id, text)`` writes, parses and serializes the DAG."""
     bundles = [
         {"name": "dags-folder", "classpath": LOCAL_BUNDLE, "kwargs": {}},
         {"name": "results-table-tests", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(tmp_path)}},
     ]
     monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
-    from tests.airflow_versions import dagbag
 
-    bag = dagbag(tmp_path)
-    assert dict(bag.import_errors) == {}
-    # Serialized as a DAG processor would, which marks its asset active (Airflow 3.0 needs it).
-    reserialize = [sys.executable, "-m", "airflow", "dags", "reserialize", "-B", "results-table-tests"]
-    subprocess.run(reserialize, check=True, capture_output=True)
-    return bag.dags["results_table_test"]
+    def load(dag_id: str, text: str):
+        from tests.airflow_versions import dagbag
+
+        (tmp_path / f"{dag_id}.py").write_text(text)
+        bag = dagbag(tmp_path)
+        assert dict(bag.import_errors) == {}
+        # Serialized as a DAG processor would, which marks its asset active (Airflow 3.0 needs it).
+        reserialize = [sys.executable, "-m", "airflow", "dags", "reserialize", "-B", "results-table-tests"]
+        subprocess.run(reserialize, check=True, capture_output=True)
+        return bag.dags[dag_id]
+
+    return load
+
+
+@pytest.fixture
+def results_dag(bundle, buckets):
+    return bundle("results_table_test", DAG_FILE.format(out=buckets.out, src=buckets.src))
+
+
+def asset_events(dag_id: str, run_id: str) -> list[tuple[str, dict]]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent).where(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)
+        ).all()
+        return [(event.asset.uri, event.extra) for event in events]
 
 
 def test_a_dag_run_writes_its_results_table_and_emits_it_as_an_asset_event(
     s3, buckets, emulator, results_dag
 ):
-    from airflow.models.asset import AssetEvent
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    from airflow_bettertoken.testing.samples import sample_image
-
     s3.put_object(Bucket=buckets.src, Key="mug.png", Body=sample_image(64, 64))
     s3.put_object(Bucket=buckets.out, Key="rows/old.png", Body=sample_image(32, 32))
 
@@ -248,14 +265,7 @@ def test_a_dag_run_writes_its_results_table_and_emits_it_as_an_asset_event(
     assert rows[0]["billed_calls"] == 1 and rows[0]["size_matches"] is not None
     assert rows[1]["billed_calls"] == 0 and rows[1]["error"].startswith("BetterTokenInputError")
     latest_uri = f"s3://{buckets.out}/rows/_results/latest.jsonl"
-    with create_session() as session:
-        events = session.scalars(
-            select(AssetEvent).where(
-                AssetEvent.source_dag_id == results_dag.dag_id, AssetEvent.source_run_id == run.run_id
-            )
-        ).all()
-        emitted = [(event.asset.uri, event.extra) for event in events]
-    [(uri, extra)] = emitted
+    [(uri, extra)] = asset_events(results_dag.dag_id, run.run_id)
     assert uri == latest_uri
     assert extra["counts"] == {
         "done": 1,
@@ -268,3 +278,69 @@ def test_a_dag_run_writes_its_results_table_and_emits_it_as_an_asset_event(
     }
     assert extra["spend"] == {"calls": 1, "billed_calls": 1, "cost": None, "currency": None}
     assert extra["latest"][0] == latest_uri and extra["rows"] == 4
+
+
+ENRICHMENT_DAG = """
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_bettertoken import table_enrichment
+
+ROWS = [
+    {{"sku": "a", "image": "s3://{src}/a.png", "name": "mug"}},
+    {{"sku": "b", "image": "s3://{src}/b.png", "name": "vase"}},
+    {{"sku": "c", "name": "a row without its image"}},
+    {{"sku": "d", "image": "s3://{src}/d.png", "name": "lamp"}},
+]
+
+with DAG(
+    dag_id="table_enrichment_test",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    max_active_runs=1,
+):
+    table_enrichment(
+        rows=ROWS,
+        dest_prefix="s3://{out}/products/",
+        key_column="sku",
+        source_columns="image",
+        prompt_template="Put the ${{name}} on a plain white background",
+        default_size="1024x1024",
+        pool=None,
+    )
+"""
+
+
+def test_table_enrichment_runs_twice_and_the_second_table_carries_the_first_runs_rows(
+    s3, buckets, emulator, bundle
+):
+    pytest.importorskip("airflow_bettertoken.operators.list_rows", reason="the row planner (branch rows-in)")
+    for seed, sku in enumerate("abd"):
+        s3.put_object(Bucket=buckets.src, Key=f"{sku}.png", Body=sample_image(64, 64, "png", seed))
+    s3.put_object(Bucket=buckets.out, Key="products/d.png", Body=sample_image(32, 32))
+    dag = bundle("table_enrichment_test", ENRICHMENT_DAG.format(out=buckets.out, src=buckets.src))
+
+    first = dag.test()
+
+    assert first.state == "success"
+    assert emulator.stats()["paid"] == 2
+    rows = read_lines(s3, buckets.out, "products/_results/latest.jsonl")
+    assert [(r["key"], r["state"]) for r in rows] == [
+        ("a", "done"),
+        ("b", "done"),
+        ("c", "bad"),
+        ("d", "skipped"),
+    ]
+    assert rows[0]["prompt"] == "Put the mug on a plain white background" and rows[0]["billed_calls"] == 1
+    [(_, extra)] = asset_events(dag.dag_id, first.run_id)
+    assert (extra["counts"]["done"], extra["counts"]["bad"], extra["spend"]["calls"]) == (2, 1, 2)
+
+    second = dag.test()
+
+    first_table = results_locations(S3Location(buckets.out, "products/_results/"), first.run_id, ".jsonl")[0]
+    assert read_lines(s3, buckets.out, first_table.key) == rows
+    again = read_lines(s3, buckets.out, "products/_results/latest.jsonl")
+    assert again == rows  # nothing edited: a and b keep what the first run recorded
+    assert emulator.stats()["paid"] == 2
+    [(_, extra)] = asset_events(dag.dag_id, second.run_id)
+    assert extra["spend"]["calls"] == 0
