@@ -52,3 +52,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/spend.py
 	$(BIN)/python benchmarks/chain.py
 	$(BIN)/python benchmarks/table.py
+	$(BIN)/python benchmarks/results_table.py

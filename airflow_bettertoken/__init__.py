@@ -40,11 +40,13 @@ if TYPE_CHECKING:
     )
     from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
     from airflow_bettertoken.operators.backfill import catalog_backfill
+    from airflow_bettertoken.operators.enrichment import table_enrichment
     from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
     from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
     from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
     from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
     from airflow_bettertoken.operators.next_chunk import BetterTokenNextChunkOperator
+    from airflow_bettertoken.operators.results_table import BetterTokenResultsTableOperator
     from airflow_bettertoken.operators.review import BetterTokenReviewOperator
     from airflow_bettertoken.protocol.wire import SIZES
 
@@ -71,6 +73,7 @@ __all__ = [
     "BetterTokenRecordConflictError",
     "BetterTokenRecordError",
     "BetterTokenResponseError",
+    "BetterTokenResultsTableOperator",
     "BetterTokenReviewOperator",
     "BetterTokenServerError",
     "BetterTokenSizeMismatchError",
@@ -80,6 +83,7 @@ __all__ = [
     "BetterTokenUploadError",
     "__version__",
     "catalog_backfill",
+    "table_enrichment",
 ]
 
 __version__ = "0.1.0"
@@ -93,9 +97,11 @@ _HOMES: dict[str, str] = {
     "BetterTokenListRowsOperator": "operators.list_rows",
     "BetterTokenManifestOperator": "operators.manifest",
     "BetterTokenNextChunkOperator": "operators.next_chunk",
+    "BetterTokenResultsTableOperator": "operators.results_table",
     "BetterTokenReviewOperator": "operators.review",
     "SIZES": "protocol.wire",
     "catalog_backfill": "operators.backfill",
+    "table_enrichment": "operators.enrichment",
 }
 
 

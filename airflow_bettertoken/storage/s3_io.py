@@ -23,8 +23,10 @@ again and decided again (:mod:`.records`), waiting through the store's :class:`T
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
+import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
@@ -261,12 +263,80 @@ class S3IO:
             self.client.upload_file(
                 path, location.bucket, location.key, ExtraArgs=extra, Config=self.s3_hook.transfer_config
             )
+    def upload_file(
+        self,
+        path: str,
+        location: S3Location,
+        *,
+        if_none_match: bool,
+        content_type: str = "application/octet-stream",
+    ) -> PutResult:
+        """Upload a local file with the extra arguments: ``S3Hook``'s managed transfer (multipart for a
+        big file, in parts of the connection's ``transfer_config_args``), never the file held whole.
+
+        :param if_none_match: create only: ``written=False`` when the key exists (412).
+        :raises BetterTokenStorageError: when S3 refused the upload, naming the permission and the fix.
+
+        Where s3transfer cannot carry an argument (``IfNoneMatch`` before s3transfer knew it,
+        ``BucketKeyEnabled``), a small file is one ``PutObject`` and a big one a multipart upload of
+        our own, part by part from the file, whose ``CompleteMultipartUpload`` carries the condition.
+        """
+        from boto3.s3.transfer import S3Transfer
+
+        config = self.s3_hook.transfer_config
+        extra = {**self.extra_args.for_write(), "ContentType": content_type}
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        try:
+            if set(extra) <= set(S3Transfer.ALLOWED_UPLOAD_ARGS):
+                self.client.upload_file(path, location.bucket, location.key, ExtraArgs=extra, Config=config)
+            elif os.path.getsize(path) < config.multipart_threshold:
+                with open(path, "rb") as body:
+                    self.client.put_object(Bucket=location.bucket, Key=location.key, Body=body, **extra)
+            else:
+                self._multipart_upload(path, location, extra, config.multipart_chunksize)
         except (ClientError, BotoCoreError) as err:
             failure = classify(err)
             if if_none_match and failure.status == 412:
                 return PutResult(False)
             raise self._error(err, "PutObject", location, failure) from err
         return PutResult(True)
+
+    def _multipart_upload(
+        self, path: str, location: S3Location, extra: dict[str, Any], part_bytes: int
+    ) -> None:
+        """A multipart upload, each request with the arguments it takes; aborted if it fails."""
+        where = {"Bucket": location.bucket, "Key": location.key}
+        upload = self.client.create_multipart_upload(**where, **self._args_of("CreateMultipartUpload", extra))
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            with open(path, "rb") as file:
+                for number, chunk in enumerate(iter(lambda: file.read(part_bytes), b""), 1):
+                    part = self.client.upload_part(
+                        **where,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                        **self._args_of("UploadPart", extra),
+                    )
+                    parts.append({"PartNumber": number, "ETag": part["ETag"]})
+            self.client.complete_multipart_upload(
+                **where,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **self._args_of("CompleteMultipartUpload", extra),
+            )
+        except BaseException:
+            # What was uploaded is billed storage until aborted; the original error is the one raised.
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.abort_multipart_upload(**where, UploadId=upload_id)
+            raise
+
+    def _args_of(self, operation: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Those of ``args`` that the operation takes (SSE-C keys and RequestPayer go on every part)."""
+        members = self.client.meta.service_model.operation_model(operation).input_shape.members
+        return {name: value for name, value in args.items() if name in members}
 
     def head(self, location: S3Location) -> ObjectRead:
         """HEAD an object: ``FOUND`` with its fields, ``MISSING`` (404) or ``HIDDEN`` (403; see the module).

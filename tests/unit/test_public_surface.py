@@ -46,9 +46,11 @@ def test_every_error_class_is_public():
         "BetterTokenListRowsOperator",
         "BetterTokenManifestOperator",
         "BetterTokenNextChunkOperator",
+        "BetterTokenResultsTableOperator",
         "BetterTokenReviewOperator",
         "SIZES",
         "catalog_backfill",
+        "table_enrichment",
     }
 
 
