@@ -20,6 +20,7 @@ __all__ = [
     "create_products_sql",
     "insert_products_sql",
     "products_csv",
+    "put_sample_images",
     "put_sample_products",
     "sample_image_of",
     "sample_products",
@@ -110,11 +111,20 @@ def put_sample_products(
     rows = sample_products(image_prefix, count)
     if not replace and _exists(s3, bucket, key):
         return []
-    for row in rows:
-        image_bucket, image_key = _split(row["image_uri"])
-        s3.put_object(Bucket=image_bucket, Key=image_key, Body=sample_image_of(row))
+    put_sample_images(s3, rows)
     s3.put_object(Bucket=bucket, Key=key, Body=products_csv(rows), ContentType="text/csv")
     return rows
+
+
+def put_sample_images(s3: Any, rows: Iterable[Mapping[str, str]]) -> None:
+    """Put each sample product's image at its ``image_uri``, e.g. for rows that a database holds.
+
+    :param s3: a boto3 S3 client.
+    :param rows: rows of :func:`sample_products`.
+    """
+    for row in rows:
+        bucket, key = _split(row["image_uri"])
+        s3.put_object(Bucket=bucket, Key=key, Body=sample_image_of(row))
 
 
 def _exists(s3: Any, bucket: str, key: str) -> bool:
