@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,3 +154,25 @@ def pytest_terminal_summary(terminalreporter):
         f"fault matrix: {len(_FAULT_MATRIX)} cases, {passed} passed; paid POSTs {paid} counted, "
         f"{expected} expected; objects lost or corrupt: {bad}"
     )
+
+
+@pytest.fixture
+def postgres_products(monkeypatch):
+    """Make a ``products`` table of the sample products in PostgreSQL, in a schema of its own dropped
+    after the test, and an Airflow connection whose queries find it as ``products``:
+    ``postgres_products(image_prefix, count)`` returns the connection id, the schema and the rows.
+    Skipped without PostgreSQL on 127.0.0.1:5432, a failure under ``CI=true``."""
+    from airflow_bettertoken.testing.products import sample_products
+    from tests.postgres import postgres_connection, products_schema, require_postgres
+
+    require_postgres()
+    with ExitStack() as stack:
+
+        def define(image_prefix: str = "s3://bettertoken-in/products/images/", count: int = 20):
+            rows = sample_products(image_prefix, count)
+            schema = stack.enter_context(products_schema(rows))
+            conn_id = f"pg_{uuid.uuid4().hex[:8]}"
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(postgres_connection(schema)))
+            return SimpleNamespace(conn_id=conn_id, schema=schema, rows=rows)
+
+        yield define

@@ -26,6 +26,7 @@ from airflow_bettertoken.exceptions import BetterTokenInputError
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators.backfill import _fixed
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
+from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
 from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
 from airflow_bettertoken.operators.next_chunk import BetterTokenNextChunkOperator
 from airflow_bettertoken.operators.results_table import BetterTokenResultsTableOperator
@@ -111,8 +112,6 @@ def table_enrichment(
     :param prefix_group_id: prefix the tasks' ids with ``group_id``.
     :return: the task group, for dependencies such as ``upstream >> table_enrichment(...)``.
     """
-    from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
-
     for name, prefix in (("dest_prefix", dest_prefix), ("results_prefix", results_prefix)):
         if _fixed(prefix):
             parse_s3_prefix(prefix, name)

@@ -241,28 +241,6 @@ class S3IO:
             raise self._error(err, "CopyObject", dest, failure) from err
         return PutResult(True, (response.get("CopyObjectResult") or {}).get("ETag"))
 
-    def upload_file(self, path: str, location: S3Location, *, if_none_match: bool) -> PutResult:
-        """Upload a local file (S3Hook's transfer: multipart for big files), with the extra arguments.
-
-        :param if_none_match: create only: ``written=False`` when the key exists (412).
-        :raises BetterTokenStorageError: when S3 refused the upload, naming the permission and the fix.
-        """
-        from boto3.s3.transfer import S3Transfer
-
-        extra = dict(self.extra_args.for_write())
-        if if_none_match:
-            extra["IfNoneMatch"] = "*"
-        try:
-            if "IfNoneMatch" in extra and "IfNoneMatch" not in S3Transfer.ALLOWED_UPLOAD_ARGS:
-                # An older s3transfer cannot carry the condition: one PutObject from the open file.
-                with open(path, "rb") as body:
-                    response = self.client.put_object(
-                        Bucket=location.bucket, Key=location.key, Body=body, **extra
-                    )
-                return PutResult(True, response.get("ETag"))
-            self.client.upload_file(
-                path, location.bucket, location.key, ExtraArgs=extra, Config=self.s3_hook.transfer_config
-            )
     def upload_file(
         self,
         path: str,

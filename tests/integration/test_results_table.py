@@ -314,7 +314,6 @@ with DAG(
 def test_table_enrichment_runs_twice_and_the_second_table_carries_the_first_runs_rows(
     s3, buckets, emulator, bundle
 ):
-    pytest.importorskip("airflow_bettertoken.operators.list_rows", reason="the row planner (branch rows-in)")
     for seed, sku in enumerate("abd"):
         s3.put_object(Bucket=buckets.src, Key=f"{sku}.png", Body=sample_image(64, 64, "png", seed))
     s3.put_object(Bucket=buckets.out, Key="products/d.png", Body=sample_image(32, 32))

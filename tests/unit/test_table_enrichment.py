@@ -71,7 +71,6 @@ def wiring(dag) -> dict[str, list[str]]:
 
 
 def test_table_enrichment_wires_the_planner_edits_next_chunk_manifest_and_results_table():
-    pytest.importorskip("airflow_bettertoken.operators.list_rows", reason="the row planner (branch rows-in)")
     dag, group = in_dag(lambda: table_enrichment(**TABLE, until_done=True, max_billed_calls=2))
 
     assert wiring(dag) == {
@@ -96,6 +95,5 @@ def test_table_enrichment_wires_the_planner_edits_next_chunk_manifest_and_result
 
 
 def test_table_enrichment_refuses_a_bad_chunk_size_at_parse_time():
-    pytest.importorskip("airflow_bettertoken.operators.list_rows", reason="the row planner (branch rows-in)")
     with pytest.raises(BetterTokenInputError, match="max_edits_per_run=0 must be a whole number"):
         in_dag(lambda: table_enrichment(**TABLE, max_edits_per_run=0))
