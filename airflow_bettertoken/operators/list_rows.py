@@ -25,7 +25,7 @@ from airflow_bettertoken.storage.listing import COUNTS_KEY
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore
 from airflow_bettertoken.storage.records import ConditionalRecord
-from airflow_bettertoken.storage.row_planning import RowPlanner
+from airflow_bettertoken.storage.row_planning import RowPlanner, outputs_found
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 from airflow_bettertoken.storage.table_plan import table_plan_location, write_plan
 from airflow_bettertoken.storage.tables import Unreadable, read_rows, table_format_of
@@ -207,7 +207,7 @@ class BetterTokenListRowsOperator(BaseOperator):
                 return RowPlanner(
                     spec,
                     limit,
-                    self._outputs_found(dest) if self.only_pending else None,
+                    outputs_found(self.store, dest) if self.only_pending else None,
                     self._prompts_changed
                     if self.only_pending and is_on(self.replan_changed_prompts)
                     else None,
@@ -298,24 +298,6 @@ class BetterTokenListRowsOperator(BaseOperator):
             windows=(window,),
         )
         return record, fresh
-
-    def _outputs_found(self, dest: S3Location):
-        """Which outputs exist: one paginated LIST of ``dest_prefix``; a HEAD for an output elsewhere."""
-        listed: set[str] | None = None
-        root = f"s3://{dest.bucket}/"
-
-        def found(uris: list[str]) -> Collection[str]:
-            nonlocal listed
-            if listed is None:
-                listed = {root + key for key in self.store.io.list_keys(dest)}
-            return {
-                uri
-                for uri in uris
-                if uri in listed
-                or (not uri.startswith(dest.uri) and self.store.io.head(parse_s3_uri(uri, "dest")).found)
-            }
-
-        return found
 
     def _prompts_changed(self, rows: list[PlannedRow]) -> Collection[str]:
         """The keys of these done rows whose output was made with another prompt, size or sources.

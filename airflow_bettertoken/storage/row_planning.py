@@ -16,6 +16,8 @@ from typing import Any
 from airflow_bettertoken.exceptions import BetterTokenInputError
 from airflow_bettertoken.protocol.rows import BadRow, PlannedRow, RowSpec, Seen, plan_row
 from airflow_bettertoken.storage.findings import MAX_REPORTED_KEYS
+from airflow_bettertoken.storage.locations import S3Location, parse_s3_uri
+from airflow_bettertoken.storage.objects import ImageStore
 from airflow_bettertoken.storage.table_plan import PlanEntry, PlanRow, RowCounts
 from airflow_bettertoken.storage.tables import Unreadable
 
@@ -149,3 +151,23 @@ def _edit(row: PlannedRow, *, replace: bool) -> dict[str, Any]:
     if replace:
         edit["if_exists"] = "replace"
     return edit
+
+
+def outputs_found(store: ImageStore, dest: S3Location) -> Callable[[list[str]], Collection[str]]:
+    """Which of a batch's outputs exist: one paginated LIST of ``dest``, made at the first batch, and a
+    HEAD for an output elsewhere (a row's own ``dest``)."""
+    listed: set[str] | None = None
+    root = f"s3://{dest.bucket}/"
+
+    def found(uris: list[str]) -> Collection[str]:
+        nonlocal listed
+        if listed is None:
+            listed = {root + key for key in store.io.list_keys(dest)}
+        return {
+            uri
+            for uri in uris
+            if uri in listed
+            or (not uri.startswith(dest.uri) and store.io.head(parse_s3_uri(uri, "dest")).found)
+        }
+
+    return found
