@@ -55,6 +55,10 @@ def test_a_backfill_behind_a_proxy_that_cuts_pays_two_calls_an_image_then_stops(
         "billed_without_image": 6,
         "stopped_by_budget": 3,
         "stopped_by_run": 3,
+        # No price table in the connection: every call is counted, none priced.
+        "calls_unpriced": 6,
+        "cost": "0",
+        "cost_estimated": "0",
     }
     reasons = [failure["reason"] for failure in manifest["failures"]]
     proxy_hint = (

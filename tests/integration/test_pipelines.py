@@ -33,7 +33,8 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
     done = ["shelf-a/item-00", "shelf-b/item-03"]
     for stem in done:
         s3.put_object(Bucket=buckets.out, Key=f"catalog-edited/{stem}.png", Body=sample_image(50, 40))
-    emulator.configure(size_map={"1536x1024": "1536x1008"})
+    usage = {"input_tokens": 150, "output_tokens": 1000, "total_tokens": 1150}
+    emulator.configure(size_map={"1536x1024": "1536x1008"}, usage=usage)
     dag = load_dag("bettertoken_backfill")
 
     conf = {"in_bucket": buckets.src, "out_bucket": buckets.out, "size": "1536x1024"}
@@ -70,6 +71,10 @@ def test_backfill_pays_only_for_missing_outputs_and_writes_a_manifest(s3, bucket
         "billed_without_image": 0,
         "stopped_by_budget": 0,
         "stopped_by_run": 0,
+        # No price table in the connection: every call is counted, none priced.
+        "calls_unpriced": 8,
+        "cost": "0",
+        "cost_estimated": "0",
     }
     assert manifest["usage"] == {
         "input_tokens": 8 * 150,
