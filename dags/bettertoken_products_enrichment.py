@@ -27,6 +27,8 @@ from airflow_bettertoken import SIZES, table_enrichment
 
 RESULTS_PREFIX = "s3://bettertoken-out/products-results/"
 # ${field} is a column of the row (string.Template syntax, which Jinja leaves alone).
+# max_spend: an amount in the connection's price table's currency, with or without it; empty for none.
+MONEY = "^(([A-Z]{3} )?[0-9]+(\\.[0-9]+)?)?$"
 PROMPT = "Photograph this ${colour} ${category} as a studio product shot on a plain white background"
 
 with DAG(
@@ -48,6 +50,12 @@ with DAG(
         "max_edits_per_run": Param(100, type="integer", minimum=1, maximum=1024),
         "until_done": Param(
             False, type="boolean", description="Trigger the next run until every row is done"
+        ),
+        "max_spend": Param(
+            "",
+            type="string",
+            pattern=MONEY,
+            description="The chain's cap on cost, in the price table's currency (e.g. 25.00); empty: none",
         ),
     },
 ) as dag:
@@ -73,5 +81,6 @@ with DAG(
         default_size="{{ params.size }}",
         max_edits_per_run="{{ params.max_edits_per_run }}",
         until_done="{{ params.until_done }}",
+        max_spend="{{ params.max_spend }}",
         results_prefix=RESULTS_PREFIX,
     )

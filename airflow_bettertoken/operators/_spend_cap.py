@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_bettertoken.exceptions import BetterTokenConfigError, BetterTokenError, BetterTokenSpendCapError
 from airflow_bettertoken.protocol.budget import (
@@ -30,6 +30,7 @@ from airflow_bettertoken.protocol.budget import (
     spend_plan,
     with_planned_edits,
 )
+from airflow_bettertoken.protocol.templates import is_template
 from airflow_bettertoken.storage.costs import CostHistory, cost_history_location
 from airflow_bettertoken.storage.run_budget import RunBudget, RunReservation
 from airflow_bettertoken.storage.s3_io import Presence
@@ -40,12 +41,22 @@ if TYPE_CHECKING:
     from airflow_bettertoken.storage.locations import S3Location
     from airflow_bettertoken.storage.s3_io import S3IO
 
-__all__ = ["ESTIMATE_KEY", "SpendCap"]
+__all__ = ["ESTIMATE_KEY", "SpendCap", "spend_caps"]
 
 #: The XCom key of a planner's estimate and cap figures (:class:`SpendPlan`).
 ESTIMATE_KEY = "estimate"
 
 log = logging.getLogger(__name__)
+
+
+def spend_caps(max_spend: Any, max_spend_per_run: Any, caller: str) -> dict[str, Any]:
+    """The caps a task group gives its planner and its edits (those set), each checked now unless it is
+    a template, which is checked when rendered: a mistyped cap fails the DAG when it is parsed."""
+    caps = {"max_spend": max_spend, "max_spend_per_run": max_spend_per_run}
+    for name, cap in caps.items():
+        if isinstance(cap, (int, Decimal)) or (isinstance(cap, str) and not is_template(cap)):
+            parse_money(cap, f"{caller} {name}")
+    return {name: cap for name, cap in caps.items() if cap is not None}
 
 
 class SpendCap:

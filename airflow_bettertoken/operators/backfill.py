@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 from airflow.providers.common.compat.sdk import TaskGroup, task
@@ -27,13 +26,14 @@ from airflow_bettertoken.exceptions import (
 )
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
 from airflow_bettertoken.operators._hitl import HAS_HITL, HITL_MISSING
+from airflow_bettertoken.operators._spend_cap import spend_caps
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
 from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
 from airflow_bettertoken.operators.next_chunk import BetterTokenNextChunkOperator, is_on
 from airflow_bettertoken.operators.review import BetterTokenReviewOperator
-from airflow_bettertoken.protocol.budget import parse_money
 from airflow_bettertoken.protocol.spend import check_max_billed_calls
+from airflow_bettertoken.protocol.templates import is_template
 from airflow_bettertoken.protocol.wire import check_prompt, check_size
 from airflow_bettertoken.storage.locations import parse_s3_prefix
 from airflow_bettertoken.storage.review import staging_prefix
@@ -46,7 +46,7 @@ REVIEW_ROUNDS = 2
 
 def _fixed(text: Any) -> bool:
     """Text known when the DAG is parsed, so it can be checked then (a template is checked when rendered)."""
-    return isinstance(text, str) and "{{" not in text and "{%" not in text
+    return isinstance(text, str) and not is_template(text)
 
 
 def _check_fixed_arguments(
@@ -161,11 +161,8 @@ def catalog_backfill(
     budget: dict[str, Any] = {}
     if max_billed_calls is not None:
         budget["max_billed_calls"] = check_max_billed_calls(max_billed_calls, "catalog_backfill")
-    caps = {"max_spend": max_spend, "max_spend_per_run": max_spend_per_run}
-    for name, cap in caps.items():
-        if _fixed(cap) or isinstance(cap, (int, Decimal)):
-            parse_money(cap, f"catalog_backfill {name}")
-    budget.update({name: cap for name, cap in caps.items() if cap is not None})
+    caps = spend_caps(max_spend, max_spend_per_run, "catalog_backfill")
+    budget.update(caps)
     connections = {"s3_extra_args": s3_extra_args, "aws_conn_id": aws_conn_id}
     edit_options = {
         "retries": edit_retries,
@@ -187,7 +184,7 @@ def catalog_backfill(
             replan_failed=retry_failed,
             size=size,
             bettertoken_conn_id=bettertoken_conn_id,
-            **{name: cap for name, cap in caps.items() if cap is not None},
+            **caps,
             **connections,
         )
         edits = BetterTokenImageEditOperator.partial(

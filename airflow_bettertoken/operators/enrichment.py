@@ -24,6 +24,7 @@ from airflow.providers.common.compat.sdk import TaskGroup
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+from airflow_bettertoken.operators._spend_cap import spend_caps
 from airflow_bettertoken.operators.backfill import _fixed
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
@@ -58,6 +59,8 @@ def table_enrichment(
     results_prefix: str | None = None,
     pool: str | None = "bettertoken",
     max_billed_calls: int | None = None,
+    max_spend: str | None = None,
+    max_spend_per_run: str | None = None,
     edit_retries: int = 2,
     edit_retry_delay: timedelta = timedelta(seconds=30),
     s3_extra_args: dict[str, Any] | None = None,
@@ -103,6 +106,11 @@ def table_enrichment(
         ``_results/``. (templated)
     :param pool: the Airflow pool that caps the paid calls in flight; create it before the first run.
     :param max_billed_calls: calls for one image that may have been billed, ever, before no more are sent.
+    :param max_spend: the cap on what the whole chain of runs spends, in the connection's price table's
+        currency (``"25.00"`` or ``"USD 25.00"``), e.g. ``"{{ params.max_spend }}"``; unset, none. Each run
+        plans only the rows whose estimate fits what is left, and its edits stop once their calls used up
+        its reservation; the chain then stops and says how to resume. (templated)
+    :param max_spend_per_run: the cap on what one run spends. (templated)
     :param edit_retries: Airflow's retries of each edit task (the API call has its own retry loop).
     :param edit_retry_delay: the wait before such a retry.
     :param s3_extra_args: what every S3 write adds, with ``S3Hook``'s meaning. (templated)
@@ -123,6 +131,8 @@ def table_enrichment(
     budget: dict[str, Any] = {}
     if max_billed_calls is not None:
         budget["max_billed_calls"] = check_max_billed_calls(max_billed_calls, "table_enrichment")
+    caps = spend_caps(max_spend, max_spend_per_run, "table_enrichment")
+    budget.update(caps)
     connections = {"s3_extra_args": s3_extra_args, "aws_conn_id": aws_conn_id}
 
     with TaskGroup(group_id=group_id, prefix_group_id=prefix_group_id) as group:
@@ -144,6 +154,7 @@ def table_enrichment(
             replan_failed=retry_failed,
             allow_empty=allow_empty,
             bettertoken_conn_id=bettertoken_conn_id,
+            **caps,
             **connections,
         )
         # Each planned edit carries its own prompt and size.

@@ -19,6 +19,7 @@ from airflow_bettertoken.protocol.budget import parse_money
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.protocol.retry import RetryPolicy, Timing
 from airflow_bettertoken.protocol.spend import check_max_billed_calls
+from airflow_bettertoken.protocol.templates import is_template
 from airflow_bettertoken.protocol.wire import check_prompt, check_size
 from airflow_bettertoken.storage.locations import parse_dest, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore
@@ -46,7 +47,8 @@ def _default_map_index_template(kwargs: dict[str, Any]) -> None:
 
 
 def _is_template(value: object) -> bool:
-    return not isinstance(value, str) or "{{" in value or "{%" in value
+    """A template, or a value only the run knows (an XCom); either is checked when the task runs."""
+    return not isinstance(value, str) or is_template(value)
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

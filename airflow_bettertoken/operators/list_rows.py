@@ -14,12 +14,21 @@ from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_bettertoken.exceptions import BetterTokenInputError, fail_task_on_permanent_error
 from airflow_bettertoken.hooks.bettertoken import BetterTokenHook
+from airflow_bettertoken.operators._spend_cap import ESTIMATE_KEY, SpendCap
 from airflow_bettertoken.operators._xcom import task_id_of
 from airflow_bettertoken.operators.next_chunk import is_on
 from airflow_bettertoken.operators.preflight import preflight
 from airflow_bettertoken.protocol.result import names_sources
 from airflow_bettertoken.protocol.rows import PlannedRow, RowSpec
-from airflow_bettertoken.storage.chain import ChainState, Window, chain_location, chain_root, with_window_of
+from airflow_bettertoken.protocol.templates import is_template
+from airflow_bettertoken.storage.chain import (
+    ChainState,
+    Window,
+    chain_location,
+    chain_root,
+    with_reservation,
+    with_window_of,
+)
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings, SkippedKey
 from airflow_bettertoken.storage.listing import COUNTS_KEY
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix, parse_s3_uri
@@ -53,10 +62,6 @@ def _made_otherwise(row: PlannedRow, head: ObjectRead) -> bool:
     prompt = hashlib.sha256(row.prompt.encode()).hexdigest()
     size = meta.get("requested-size", row.size)
     return meta["prompt-sha256"] != prompt or size != row.size or not names_sources(meta, list(row.sources))
-
-
-def _is_template(value: object) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 class BetterTokenListRowsOperator(BaseOperator):
@@ -111,6 +116,11 @@ class BetterTokenListRowsOperator(BaseOperator):
     :param max_edits: plan at most this many; default ``[core] max_map_length``. (templated)
     :param replan_failed: plan again rows that failed for good in earlier runs of the chain. (templated)
     :param allow_empty: a table with no good row is a normal, empty batch, not an error.
+    :param max_spend: the cap on what the whole chain of runs spends, in the connection's price table's
+        currency (``"25.00"`` or ``"USD 25.00"``); unset, none. Each run plans only the rows whose
+        estimated cost (per image at ``default_size``) fits what is left, and reserves it; the edits,
+        given the same caps, stop once their calls used it up. (templated)
+    :param max_spend_per_run: the cap on what one run spends. (templated)
     :param preflight: check the BetterToken connection and that ``dest_prefix`` can be written first.
     :param s3_extra_args: what the edits add to every S3 write, with ``S3Hook``'s meaning. (templated)
     :param bettertoken_conn_id: the BetterToken connection the edits will use.
@@ -127,6 +137,8 @@ class BetterTokenListRowsOperator(BaseOperator):
         "replan_changed_prompts",
         "max_edits",
         "replan_failed",
+        "max_spend",
+        "max_spend_per_run",
         "aws_conn_id",
         "s3_extra_args",
     )
@@ -150,6 +162,8 @@ class BetterTokenListRowsOperator(BaseOperator):
         max_edits: int | str | None = None,
         replan_failed: bool | str = False,
         allow_empty: bool = False,
+        max_spend: str | None = None,
+        max_spend_per_run: str | None = None,
         preflight: bool = True,
         s3_extra_args: dict[str, Any] | None = None,
         bettertoken_conn_id: str = BetterTokenHook.default_conn_name,
@@ -176,13 +190,15 @@ class BetterTokenListRowsOperator(BaseOperator):
         self.max_edits = max_edits
         self.replan_failed = replan_failed
         self.allow_empty = allow_empty
+        self.max_spend = max_spend
+        self.max_spend_per_run = max_spend_per_run
         self.preflight = preflight
         self.s3_extra_args = s3_extra_args
         self.bettertoken_conn_id = bettertoken_conn_id
         self.aws_conn_id = aws_conn_id
         S3ExtraArgs.check_literal(s3_extra_args)
         # What is known before templating fails the DAG at parse time.
-        if not _is_template(prompt_template) and not _is_template(default_size):
+        if not is_template(prompt_template) and not is_template(default_size):
             self._spec("s3://parse-time/")
 
     @cached_property
@@ -200,13 +216,16 @@ class BetterTokenListRowsOperator(BaseOperator):
                 store_check = preflight(BetterTokenHook(self.bettertoken_conn_id), self.store, dest)
                 for warning in store_check.warnings:
                     self.log.warning("Preflight: %s", warning)
-            record, chain = self._chain(ti, source_uri, dest) if self.only_pending else (None, None)
-            limit = self._max_edits()
+            record, chain, earlier = self._chain(ti, source_uri, dest) if self.only_pending else (None,) * 3
+            cap = self._cap(ti, dest)
+            before = cap.before_planning(
+                earlier, wanted=self._max_edits(), chain_location=record.location if record else None
+            )
 
             def planner_of() -> RowPlanner:
                 return RowPlanner(
                     spec,
-                    limit,
+                    before.planned,
                     outputs_found(self.store, dest) if self.only_pending else None,
                     self._prompts_changed
                     if self.only_pending and is_on(self.replan_changed_prompts)
@@ -223,6 +242,9 @@ class BetterTokenListRowsOperator(BaseOperator):
                 planner = planner_of()
                 write_plan(self.store.io, plan_at, planner.plan(self._rows(ti)[1]), if_none_match=False)
             counts = planner.row_counts()
+            spend = cap.after_planning(
+                before, planned=counts.planned, pending=counts.pending, remaining=counts.remaining
+            )
         self._report(planner, plan_at.uri, source_uri)
         if not counts.images:
             if not self.allow_empty:
@@ -236,8 +258,16 @@ class BetterTokenListRowsOperator(BaseOperator):
         if record is not None and chain is not None:
             chain = dataclasses.replace(chain, images=counts.images, done_at_start=counts.done)
             with fail_task_on_permanent_error():
-                record.update(lambda current: with_window_of(current, chain, ti.run_id))
+                record.update(
+                    lambda current: with_reservation(
+                        with_window_of(current, chain, ti.run_id), ti.run_id, spend
+                    )
+                )
+        with fail_task_on_permanent_error():
+            cap.reserve(spend)
         ti.xcom_push(key=COUNTS_KEY, value=counts.dump())
+        ti.xcom_push(key=ESTIMATE_KEY, value=spend.dump())
+        self.log.info("%s", cap.line(spend))
         skipped = [SkippedKey(f"line {row.line}: {row.key}", row.reason or "") for row in planner.bad]
         findings = ListingFindings(tuple(skipped), counts.bad, store_check)
         ti.xcom_push(key=FINDINGS_KEY, value=findings.dump())
@@ -276,8 +306,23 @@ class BetterTokenListRowsOperator(BaseOperator):
             for n, row in enumerate(rows, start=1)
         )
 
-    def _chain(self, ti: Any, source_uri: str, dest: S3Location) -> tuple[TypedRecord, ChainState]:
-        """The chain's record, and the chain as this run plans it: the earlier runs' failures kept."""
+    def _cap(self, ti: Any, dest: S3Location) -> SpendCap:
+        return SpendCap(
+            self.store.io,
+            BetterTokenHook(self.bettertoken_conn_id),
+            bucket=dest.bucket,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            size=self.default_size,
+            max_spend=self.max_spend,
+            max_spend_per_run=self.max_spend_per_run,
+        )
+
+    def _chain(
+        self, ti: Any, source_uri: str, dest: S3Location
+    ) -> tuple[TypedRecord, ChainState, ChainState | None]:
+        """The chain's record; the chain as this run plans it, the earlier runs' failures kept; and the
+        chain as the earlier runs left it, whose spend the cap counts (None on a chain's first run)."""
         record = TypedRecord(
             ChainState,
             ConditionalRecord(
@@ -289,7 +334,7 @@ class BetterTokenListRowsOperator(BaseOperator):
         window = Window(ti.run_id, after="", through="")
         current = record.read()
         if current is not None and (current.source_uri, current.dest_uri) == (source_uri, dest.uri):
-            return record, current.with_window(window)
+            return record, current.with_window(window), current
         fresh = ChainState(
             dag_id=ti.dag_id,
             root_run_id=chain_root(ti.run_id),
@@ -297,7 +342,7 @@ class BetterTokenListRowsOperator(BaseOperator):
             dest_uri=dest.uri,
             windows=(window,),
         )
-        return record, fresh
+        return record, fresh, None
 
     def _prompts_changed(self, rows: list[PlannedRow]) -> Collection[str]:
         """The keys of these done rows whose output was made with another prompt, size or sources.

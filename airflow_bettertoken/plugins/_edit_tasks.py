@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from airflow_bettertoken.operators._links import OutputImageLink
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+from airflow_bettertoken.protocol.templates import is_template
 from airflow_bettertoken.storage.s3_extra_args import ReadArgs, read_args_of
 
 #: What a mapped edit uses when its DAG does not pass aws_conn_id to partial().
@@ -77,10 +78,6 @@ class DagTasks:
     has_listing: bool = False
 
 
-def _is_template(value: str) -> bool:
-    return "{{" in value or "{%" in value
-
-
 _UNSET = object()
 
 
@@ -106,7 +103,7 @@ def _dag_value(task: Mapping[str, Any], name: str, default: Any) -> Any:
 def dag_connection(task: Mapping[str, Any]) -> AwsConnection | None:
     """The AWS connection a serialized edit task names, if its DAG fixes one."""
     value = _dag_value(task, "aws_conn_id", DEFAULT_AWS_CONN_ID)
-    if value is _UNSET or (value is not None and (not isinstance(value, str) or _is_template(value))):
+    if value is _UNSET or (value is not None and (not isinstance(value, str) or is_template(value))):
         return None
     return AwsConnection(value, "the DAG")
 

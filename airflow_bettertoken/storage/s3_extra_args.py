@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.protocol.templates import is_template
 
 if TYPE_CHECKING:
     from botocore.model import ServiceModel
@@ -64,10 +65,6 @@ KMS_ENCRYPTIONS = ("aws:kms", "aws:kms:dsse")
 KMS_EXAMPLE = 's3_extra_args={"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "<KMS key ARN>"}'
 
 
-def _is_template(value: object) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
-
-
 @dataclass(frozen=True)
 class S3ExtraArgs:
     """Checked ``s3_extra_args``: every name known, SSE-C refused, and a KMS key only with KMS encryption."""
@@ -109,7 +106,7 @@ class S3ExtraArgs:
                 f"{what} has unknown put_object arguments {unknown}; allowed: {sorted(WRITE_ARGS)}"
             )
         encryption = value.get("ServerSideEncryption")
-        if "SSEKMSKeyId" in value and not _is_template(encryption) and encryption not in KMS_ENCRYPTIONS:
+        if "SSEKMSKeyId" in value and not is_template(encryption) and encryption not in KMS_ENCRYPTIONS:
             raise BetterTokenInputError(
                 f"{what} sets SSEKMSKeyId without ServerSideEncryption='aws:kms' (or 'aws:kms:dsse'), "
                 f"which S3 refuses; write {KMS_EXAMPLE}"
@@ -122,7 +119,7 @@ class S3ExtraArgs:
 
         A value that is one template string as a whole is left for after rendering.
         """
-        if not _is_template(value):
+        if not is_template(value):
             cls.parse(value, what)
 
     def check_values(self, service_model: ServiceModel, what: str = "s3_extra_args") -> None:
@@ -172,6 +169,6 @@ def read_args_of(value: object) -> ReadArgs | None:
         read = S3ExtraArgs.parse(value).for_read()
     except BetterTokenInputError:
         return None
-    if not all(isinstance(item, str) and not _is_template(item) for item in read.values()):
+    if not all(isinstance(item, str) and not is_template(item) for item in read.values()):
         return None
     return tuple(sorted(read.items()))

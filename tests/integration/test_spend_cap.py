@@ -24,6 +24,7 @@ from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSki
 from airflow_bettertoken.operators import image_edit
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
 from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
 from airflow_bettertoken.operators.next_chunk import BetterTokenNextChunkOperator
 from airflow_bettertoken.protocol.budget import SpendPlan, is_blocked_by_budget
@@ -34,6 +35,8 @@ from airflow_bettertoken.storage.s3_io import S3IO
 from airflow_bettertoken.testing.samples import sample_image
 
 DAG_ID = "cap_dag"
+#: The planner's task: the catalog's listing, or a table's row planner.
+PLANNER = "plan"
 PER_IMAGE = {"currency": "USD", "taken_on": "2026-11-01", "per_image": {"auto": "0.04"}}
 PER_TOKEN = {
     "currency": "USD",
@@ -71,24 +74,35 @@ class RunStub:
         return [value for _, value in found]
 
 
-def run_chunk(buckets, run_id: str, conn_id: str, *, max_edits: int, pool: int = 1, **caps: Any) -> RunStub:
-    """One run of the chain: list, edit the planned images ``pool`` at a time, decide on the next
-    chunk, write the manifest."""
+def run_chunk(
+    buckets,
+    run_id: str,
+    conn_id: str,
+    *,
+    max_edits: int,
+    pool: int = 1,
+    rows: list | None = None,
+    **caps: Any,
+) -> RunStub:
+    """One run of the chain: plan (the catalog's listing, or with ``rows`` a table's row planner),
+    edit the planned images ``pool`` at a time, decide on the next chunk, write the manifest."""
     run = RunStub(run_id, conf=dict(caps))
     arguments = {"bettertoken_conn_id": conn_id, **caps}
-    lister = BetterTokenListImagesOperator(
-        task_id="list_images",
-        source_prefix=f"s3://{buckets.src}/catalog/",
-        dest_prefix=f"s3://{buckets.out}/edited/",
-        max_edits=max_edits,
-        preflight=False,
-        **arguments,
-    )
-    edits = lister.execute(run.context("list_images"))
-    run.xcoms[("list_images", -1, "return_value")] = edits
+    where = {"dest_prefix": f"s3://{buckets.out}/edited/", "max_edits": max_edits, "preflight": False}
+    if rows is None:
+        planner = BetterTokenListImagesOperator(
+            task_id=PLANNER, source_prefix=f"s3://{buckets.src}/catalog/", **where, **arguments
+        )
+    else:
+        planner = BetterTokenListRowsOperator(
+            task_id=PLANNER, rows=rows, prompt_template="Recolour the ${product}", **where, **arguments
+        )
+    edits = planner.execute(run.context(PLANNER))
+    run.xcoms[(PLANNER, -1, "return_value")] = edits
 
     def edit(index: int) -> None:
-        op = BetterTokenImageEditOperator(task_id="edit_image", prompt="p", **edits[index], **arguments)
+        planned = {"prompt": "p", **edits[index]}  # a table's rows carry their own prompts
+        op = BetterTokenImageEditOperator(task_id="edit_image", **planned, **arguments)
         with contextlib.suppress(AirflowFailException):  # its failure record is in XCom
             value = op.execute(run.context("edit_image", index))
             with run.lock:
@@ -97,7 +111,7 @@ def run_chunk(buckets, run_id: str, conn_id: str, *, max_edits: int, pool: int =
     with ThreadPoolExecutor(max_workers=pool) as workers:
         list(workers.map(edit, range(len(edits))))
     next_chunk = BetterTokenNextChunkOperator(task_id="next_chunk", edits=[], results=[], until_done=True)
-    next_chunk.listing_task_id = "list_images"
+    next_chunk.listing_task_id = PLANNER
     next_chunk.results = run.mapped("edit_image", "return_value")
     next_chunk.failures = run.mapped("edit_image", "failure")
     try:
@@ -115,7 +129,7 @@ def run_chunk(buckets, run_id: str, conn_id: str, *, max_edits: int, pool: int =
         fail_on_failed_edits=False,
         bettertoken_conn_id=conn_id,
     )
-    manifest.listing_task_id = "list_images"
+    manifest.listing_task_id = PLANNER
     manifest.edits = edits
     manifest.results = run.mapped("edit_image", "return_value")
     manifest.failures = run.mapped("edit_image", "failure")
@@ -124,7 +138,7 @@ def run_chunk(buckets, run_id: str, conn_id: str, *, max_edits: int, pool: int =
 
 
 def estimate_of(run: RunStub) -> SpendPlan:
-    return SpendPlan.load(run.xcoms[("list_images", -1, "estimate")], "estimate")
+    return SpendPlan.load(run.xcoms[(PLANNER, -1, "estimate")], "estimate")
 
 
 def run_cost(s3, buckets, run_id: str) -> Decimal:
@@ -219,14 +233,20 @@ def test_a_cap_reached_mid_run_stops_four_edits_at_once_and_bounds_the_overshoot
     assert chain.reservations == {}
 
 
+@pytest.mark.parametrize("planner", ["catalog", "table"])
 def test_a_chain_stopped_by_its_cap_resumes_when_it_is_raised_paying_nothing_again(
-    s3, buckets, emulator, connection, catalog
+    s3, buckets, emulator, connection, catalog, planner
 ):
-    catalog(10)
+    names = catalog(10)
     conn_id = connection({"prices": PER_IMAGE})
-    first = run_chunk(buckets, "chain", conn_id, max_edits=4, max_spend="0.20")
+    # A row per image, its key the output's name: the table plans the same edits as the catalog.
+    rows = [
+        {"key": name.removesuffix(".png"), "source": f"s3://{buckets.src}/catalog/{name}"} for name in names
+    ]
+    planned_by = {"rows": [{**row, "product": "lamp"} for row in rows]} if planner == "table" else {}
+    first = run_chunk(buckets, "chain", conn_id, max_edits=4, max_spend="0.20", **planned_by)
     assert estimate_of(first).planned == 4 and not estimate_of(first).stopped_by_cap
-    second = run_chunk(buckets, "chain__chunk2", conn_id, max_edits=4, max_spend="0.20")
+    second = run_chunk(buckets, "chain__chunk2", conn_id, max_edits=4, max_spend="0.20", **planned_by)
     plan = estimate_of(second)
     assert plan.spent == Decimal("0.16") and plan.planned == 1 and plan.stopped_by_cap
     assert "spend cap is reached" in second.skipped and "--run-id chain__chunk3" in second.skipped
@@ -237,9 +257,9 @@ def test_a_chain_stopped_by_its_cap_resumes_when_it_is_raised_paying_nothing_aga
     # The user raises the cap and triggers the next chunk's run id: the chain goes on to the end.
     run_id, runs = "chain__chunk3", 0
     while runs < 5:
-        run = run_chunk(buckets, run_id, conn_id, max_edits=4, max_spend="1.00")
+        run = run_chunk(buckets, run_id, conn_id, max_edits=4, max_spend="1.00", **planned_by)
         runs += 1
-        if not run.xcoms[("list_images", -1, "counts")]["remaining"]:
+        if not run.xcoms[(PLANNER, -1, "counts")]["remaining"]:
             break
         run_id = next_chunk_run_id(run_id)
     assert emulator.stats()["posts"] == 10  # each image paid once, across the stop
@@ -261,13 +281,13 @@ def test_unreadable_budget_records_send_nothing(s3, buckets, emulator, connectio
         op.execute(run.context("edit_image", 0))
     # A reservation hidden by a 403.
     lister = BetterTokenListImagesOperator(
-        task_id="list_images",
+        task_id=PLANNER,
         source_prefix=f"s3://{buckets.src}/catalog/",
         dest_prefix=f"s3://{buckets.out}/edited/",
         preflight=False,
         **common,
     )
-    lister.execute(run.context("list_images"))
+    lister.execute(run.context(PLANNER))
     faulty_s3.deny_reads = lambda key: key.endswith("reservation.json")
     op = BetterTokenImageEditOperator(task_id="edit_image", dest=dest, **edit, **common)
     with pytest.raises(AirflowFailException, match=r"may not be read \(403\)"):
@@ -282,16 +302,16 @@ def test_unreadable_budget_records_send_nothing(s3, buckets, emulator, connectio
     # The chain's record hidden by a 403: the listing plans nothing.
     faulty_s3.deny_reads = lambda key: key.startswith("_bettertoken/chains/")
     with pytest.raises(AirflowFailException, match="403"):
-        lister.execute(RunStub("unreadable__chunk2").context("list_images"))
+        lister.execute(RunStub("unreadable__chunk2").context(PLANNER))
     faulty_s3.deny_reads = lambda key: False
     # A tally that holds an object the provider did not write: what the run spent is unknown.
-    lister.execute(run.context("list_images"))
+    lister.execute(run.context(PLANNER))
     s3.put_object(Bucket=buckets.out, Key=key.replace("reservation.json", "calls/not-a-call"), Body=b"")
     op = BetterTokenImageEditOperator(task_id="edit_image", dest=dest, **edit, **common)
     with pytest.raises(AirflowFailException, match="is no call of the run's tally"):
         op.execute(run.context("edit_image", 0))
     with pytest.raises(AirflowFailException, match="is no call of the run's tally"):
-        lister.execute(run.context("list_images"))
+        lister.execute(run.context(PLANNER))
     assert emulator.stats()["posts"] == 0
 
 
@@ -318,12 +338,12 @@ def test_with_a_cap_each_call_costs_a_put_and_a_list(s3, buckets, emulator, conn
     common = {"bettertoken_conn_id": conn_id, "aws_conn_id": "aws_faulty", "max_spend": "1.00"}
     run = RunStub("priced")
     BetterTokenListImagesOperator(
-        task_id="list_images",
+        task_id=PLANNER,
         source_prefix=f"s3://{buckets.src}/catalog/",
         dest_prefix=f"s3://{buckets.out}/edited/",
         preflight=False,
         **common,
-    ).execute(run.context("list_images"))
+    ).execute(run.context(PLANNER))
     before = len(faulty_s3.requests)
     BetterTokenImageEditOperator(
         task_id="edit_image",
