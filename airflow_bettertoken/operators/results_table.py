@@ -14,7 +14,7 @@ from airflow_bettertoken.operators.backfill import _fixed
 from airflow_bettertoken.protocol.spend import run_spend
 from airflow_bettertoken.storage.ledger import read_ledgers
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix, parse_s3_uri
-from airflow_bettertoken.storage.results_table import RunOutcomes, billed_calls_by_output, results_locations
+from airflow_bettertoken.storage.results_table import RunOutcomes, results_locations
 from airflow_bettertoken.storage.results_writer import write_results_table
 from airflow_bettertoken.storage.s3_io import S3IO
 from airflow_bettertoken.storage.table_plan import read_plan, table_plan_location
@@ -45,7 +45,7 @@ class BetterTokenResultsTableOperator(S3Writer, BaseOperator):
 
     Each row has ``key``, ``state`` (``done``, ``skipped``, ``failed``, ``failed for good``, ``blocked
     by budget``, ``bad``, ``later``), ``output_uri``, ``width``, ``height``, ``size_matches``,
-    ``sha256``, ``billed_calls``, ``cost`` and ``currency`` (when the edits report them), ``prompt``
+    ``sha256``, ``billed_calls``, ``cost`` and ``currency`` (from the spend ledgers, once priced), ``prompt``
     and ``error``. Rows this run did not edit keep what the previous ``latest`` table said of them.
 
     The ``latest`` table is an asset: with a literal ``results_prefix`` (or ``dest_prefix``), the
@@ -118,13 +118,11 @@ class BetterTokenResultsTableOperator(S3Writer, BaseOperator):
             outputs = self._outputs(dest.bucket)
             ledgers = read_ledgers(self.s3_hook, outputs, extra_args=self.s3_write_args)
             # An output without a ledger (or this run's entry in it) had no call sent for it.
-            run.billed_calls = {o.uri: 0 for o in outputs} | billed_calls_by_output(
-                ledgers, ti.dag_id, ti.run_id
-            )
+            run.billed_calls = {o.uri: 0 for o in outputs}
+            run.add_spend(ledgers, ti.dag_id, ti.run_id)
             plan = read_plan(io, table_plan_location(dest.bucket, ti.dag_id, ti.run_id))
             written = write_results_table(io, plan, run, results_prefix, ti.run_id)
         spend = run_spend(ledgers, ti.dag_id, ti.run_id)
-        cost = run.cost()
         extra = {
             "run_id": ti.run_id,
             "rows": written.rows,
@@ -132,8 +130,9 @@ class BetterTokenResultsTableOperator(S3Writer, BaseOperator):
             "spend": {
                 "calls": spend.posts,
                 "billed_calls": spend.paid + spend.maybe_billed,
-                "cost": None if cost is None else str(cost[0]),
-                "currency": None if cost is None else cost[1],
+                # An estimate from the spend ledgers' recorded usage and prices: the invoice is the truth.
+                "cost": None if run.currency is None else str(spend.cost),
+                "currency": run.currency,
             },
             "tables": list(written.run_uris),
             "latest": list(written.latest_uris),

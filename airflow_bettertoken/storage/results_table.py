@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from airflow_bettertoken.exceptions import BetterTokenRecordError
 from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
-from airflow_bettertoken.protocol.spend import OutputLedger
+from airflow_bettertoken.protocol.spend import OutputLedger, run_currency
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.table_plan import PlanRow
 
@@ -40,10 +40,8 @@ __all__ = [
     "CARRIED_OVER",
     "COLUMNS",
     "RESULT_STATES",
-    "EditOutcome",
     "ResultRow",
     "RunOutcomes",
-    "billed_calls_by_output",
     "merge_row",
     "results_locations",
 ]
@@ -66,7 +64,8 @@ class ResultRow(Record):
     Its JSON line has exactly these keys (no format key: the columns are the table's contract).
 
     :param billed_calls: calls for the output that may have been billed, ever (the spend ledger's).
-    :param cost: what the output cost, a decimal string, when the edit reported it; with ``currency``.
+    :param cost: what this run's calls for the output cost, a decimal string, from the spend ledger
+        (an estimate: the vendor's invoice is the truth); with ``currency``. None when none was priced.
     :param error: why the row failed, was blocked, or is bad.
     """
 
@@ -91,37 +90,19 @@ class ResultRow(Record):
 COLUMNS = tuple(f.name for f in dataclasses.fields(ResultRow))
 
 
-@dataclass(frozen=True)
-class EditOutcome:
-    """What this run's edit of one output returned: its XCom, and its cost when the XCom has one."""
-
-    xcom: EditXCom
-    cost: Decimal | None = None
-    currency: str | None = None
-
-
-def _cost_of(value: Mapping[str, Any], where: str) -> tuple[Decimal | None, str | None]:
-    """The XCom's ``cost`` and ``currency`` keys (written once money is priced), or None."""
-    cost, currency = value.get("cost"), value.get("currency")
-    if cost is None:
-        return None, None
-    try:
-        amount = Decimal(str(cost))
-    except InvalidOperation:
-        raise BetterTokenRecordError(f"{where} has a cost that is no number: {cost!r}") from None
-    return amount, currency if isinstance(currency, str) else None
-
-
 @dataclass
 class RunOutcomes:
-    """This run's edits, by output URI: their results, failures, and billed calls from the ledgers.
+    """This run's edits, by output URI: their results and failures (XCom), and what the spend ledgers
+    say they cost (:meth:`add_spend`): XCom is no trusted record, so no spend figure comes from it.
 
     At most one chunk of edits (``[core] max_map_length``), so it is held in memory.
     """
 
-    results: dict[str, EditOutcome] = field(default_factory=dict)
+    results: dict[str, EditXCom] = field(default_factory=dict)
     failures: dict[str, EditFailure] = field(default_factory=dict)
     billed_calls: dict[str, int] = field(default_factory=dict)
+    costs: dict[str, Decimal] = field(default_factory=dict)
+    currency: str | None = None
 
     @classmethod
     def from_xcom(
@@ -134,11 +115,9 @@ class RunOutcomes:
         task = repr(task_id or "the edit task")
         outcomes = cls()
         for value in results:
-            if value is None:
-                continue
-            where = f"XCom 'return_value' of task {task}"
-            xcom = EditXCom.load(value, where)
-            outcomes.results[xcom.output_uri] = EditOutcome(xcom, *_cost_of(value, where))
+            if value is not None:
+                xcom = EditXCom.load(value, f"XCom 'return_value' of task {task}")
+                outcomes.results[xcom.output_uri] = xcom
         for value in failures:
             if value is not None:
                 failure = EditFailure.load(value, f"XCom 'failure' of task {task}")
@@ -146,29 +125,33 @@ class RunOutcomes:
                     outcomes.failures[failure.dest] = failure
         return outcomes
 
-    def cost(self) -> tuple[Decimal, str] | None:
-        """What this run's edits cost, when they reported costs in one currency."""
-        priced = [o for o in self.results.values() if o.cost is not None]
-        currencies = {o.currency for o in priced}
-        if not priced or len(currencies) != 1 or None in currencies:
-            return None
-        return sum((o.cost for o in priced), Decimal(0)), priced[0].currency  # type: ignore[misc]
+    def add_spend(self, ledgers: Sequence[OutputLedger], dag_id: str, run_id: str) -> None:
+        """From the outputs' spend ledgers, for the edits this run sent or refused: each output's billed
+        calls, ever, and what this run's calls for it cost; and the run's currency."""
+        for ledger in ledgers:
+            touched = [
+                entry
+                for entry in ledger.edits
+                if any(c.by.in_run(dag_id, run_id) for c in entry.calls)
+                or any(r.by.in_run(dag_id, run_id) for r in entry.refusals)
+            ]
+            if not touched:
+                continue
+            self.billed_calls[ledger.output_uri] = sum(entry.billed_calls for entry in touched)
+            priced = [
+                call.cost
+                for entry in touched
+                for call in entry.calls
+                if call.by.in_run(dag_id, run_id) and call.outcome.may_be_billed and call.cost is not None
+            ]
+            if priced:
+                self.costs[ledger.output_uri] = sum(priced, Decimal(0))
+        self.currency = run_currency(ledgers, dag_id, run_id)
 
-
-def billed_calls_by_output(ledgers: Iterable[OutputLedger], dag_id: str, run_id: str) -> dict[str, int]:
-    """Each output's billed calls, ever, for the edits this run sent or refused (the failed edits'
-    figure: a failed task returns no XCom with its ``billed_calls``)."""
-    billed = {}
-    for ledger in ledgers:
-        touched = [
-            entry
-            for entry in ledger.edits
-            if any(c.by.in_run(dag_id, run_id) for c in entry.calls)
-            or any(r.by.in_run(dag_id, run_id) for r in entry.refusals)
-        ]
-        if touched:
-            billed[ledger.output_uri] = sum(entry.billed_calls for entry in touched)
-    return billed
+    def cost_of(self, output_uri: str | None) -> tuple[str | None, str | None]:
+        """A row's ``cost`` and ``currency`` columns."""
+        cost = self.costs.get(output_uri or "")
+        return (None, None) if cost is None or self.currency is None else (str(cost), self.currency)
 
 
 def blocked_by_budget(failure: EditFailure) -> bool:
@@ -176,7 +159,7 @@ def blocked_by_budget(failure: EditFailure) -> bool:
     return getattr(failure, "state", None) == "blocked by budget" or failure.error == BUDGET_ERROR
 
 
-def _failed(plan: PlanRow, failure: EditFailure | None, billed: int | None) -> ResultRow:
+def _failed(plan: PlanRow, failure: EditFailure | None, run: RunOutcomes) -> ResultRow:
     if failure is None:
         state, error = "failed", NO_RECORD
     else:
@@ -186,13 +169,21 @@ def _failed(plan: PlanRow, failure: EditFailure | None, billed: int | None) -> R
             else ("failed for good" if failure.for_good else "failed")
         )
         error = f"{failure.error}: {failure.reason}" if failure.error else failure.reason
+    cost, currency = run.cost_of(plan.dest)
     return ResultRow(
-        plan.key, state, output_uri=plan.dest, billed_calls=billed, prompt=plan.prompt, error=error
+        plan.key,
+        state,
+        output_uri=plan.dest,
+        billed_calls=run.billed_calls.get(plan.dest or ""),
+        cost=cost,
+        currency=currency,
+        prompt=plan.prompt,
+        error=error,
     )
 
 
-def _made(plan: PlanRow, outcome: EditOutcome) -> ResultRow:
-    xcom = outcome.xcom
+def _made(plan: PlanRow, xcom: EditXCom, run: RunOutcomes) -> ResultRow:
+    cost, currency = run.cost_of(xcom.output_uri)
     return ResultRow(
         plan.key,
         "skipped" if xcom.skipped else "done",
@@ -201,9 +192,9 @@ def _made(plan: PlanRow, outcome: EditOutcome) -> ResultRow:
         height=xcom.height,
         size_matches=xcom.size_matches,
         sha256=xcom.sha256,
-        billed_calls=xcom.billed_calls,
-        cost=None if outcome.cost is None else str(outcome.cost),
-        currency=outcome.currency,
+        billed_calls=run.billed_calls.get(xcom.output_uri),
+        cost=cost,
+        currency=currency,
         prompt=plan.prompt,
     )
 
@@ -218,10 +209,10 @@ def merge_row(plan: PlanRow, run: RunOutcomes, previous: ResultRow | None) -> Re
     # What an earlier run recorded is kept only for the same output.
     earlier = previous if previous is not None and previous.output_uri == plan.dest else None
     if plan.state == "planned":
-        outcome = run.results.get(plan.dest or "")
-        if outcome is not None:
-            return _made(plan, outcome)
-        return _failed(plan, run.failures.get(plan.dest or ""), run.billed_calls.get(plan.dest or ""))
+        made = run.results.get(plan.dest or "")
+        if made is not None:
+            return _made(plan, made, run)
+        return _failed(plan, run.failures.get(plan.dest or ""), run)
     if plan.state == "done":
         if earlier is not None and earlier.state in ("done", "skipped"):
             # Looked up by key, so only a missing prompt is filled in (a replace validates again).

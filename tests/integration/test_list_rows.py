@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+from collections import defaultdict
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +24,7 @@ from airflow_bettertoken.exceptions import BetterTokenInputError, BetterTokenRec
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
 from airflow_bettertoken.operators.manifest import BetterTokenManifestOperator
+from airflow_bettertoken.operators.results_table import BetterTokenResultsTableOperator
 from airflow_bettertoken.storage.chain import ChainState
 from airflow_bettertoken.storage.locations import S3Location
 from airflow_bettertoken.storage.s3_io import S3IO
@@ -72,8 +74,14 @@ def plan(buckets, run_id: str = "table", **arguments: Any) -> tuple[list[dict], 
 def run_table(buckets, run_id: str = "table", **arguments: Any) -> tuple[list[dict], RunStub]:
     """One run: plan, make each planned edit, write the manifest (which settles the chain)."""
     edits, run = plan(buckets, run_id, **arguments)
+    # The planner's connection is the edits' and the manifest's too, as table_enrichment wires them.
+    conn = (
+        {"bettertoken_conn_id": arguments["bettertoken_conn_id"]}
+        if "bettertoken_conn_id" in arguments
+        else {}
+    )
     for index, planned in enumerate(edits):
-        op = BetterTokenImageEditOperator(task_id="edit_image", **planned)
+        op = BetterTokenImageEditOperator(task_id="edit_image", **planned, **conn)
         with contextlib.suppress(AirflowFailException):
             run.xcoms[("edit_image", index, "return_value")] = op.execute(run.context("edit_image", index))
     manifest = BetterTokenManifestOperator(
@@ -82,6 +90,7 @@ def run_table(buckets, run_id: str = "table", **arguments: Any) -> tuple[list[di
         results=[],
         manifest_uri=f"s3://{buckets.out}/edited/_manifest.json",
         fail_on_failed_edits=False,
+        **conn,
     )
     manifest.listing_task_id = "plan_rows"
     manifest.edits = edits
@@ -193,6 +202,27 @@ def test_rows_from_xcom_plan_as_a_table_does(s3, buckets, emulator, products):
     assert emulator.stats()["posts"] == 3
     assert counts_of(run)["bad"] == 1
     assert plan_file(buckets)[-1].reason == "row 4 is a str, not a dict"
+
+
+def test_the_results_table_costs_each_row_from_its_spend_ledger(s3, buckets, emulator, products, connection):
+    prices = {"currency": "USD", "taken_on": "2026-11-01", "per_image": {"auto": "0.04"}}
+    conn_id = connection({"prices": prices})
+    edits, run = run_table(buckets, rows=products, bettertoken_conn_id=conn_id)
+    table = BetterTokenResultsTableOperator(
+        task_id="write_results_table", dest_prefix=f"s3://{buckets.out}/edited/", edits=[], results=[]
+    )
+    table.edits = edits
+    table.results = run.mapped("edit_image", "return_value")
+    table.failures = run.mapped("edit_image", "failure")
+    context = {**run.context("write_results_table"), "outlet_events": defaultdict(SimpleNamespace)}
+
+    extra = table.execute(context)
+
+    body = s3.get_object(Bucket=buckets.out, Key="edited/_results/latest.jsonl")["Body"].read()
+    rows = [json.loads(line) for line in body.splitlines()]
+    figures = [(r["key"], r["state"], r["billed_calls"], r["cost"], r["currency"]) for r in rows]
+    assert figures == [(f"sku-{n}", "done", 1, "0.04", "USD") for n in range(3)]
+    assert extra["spend"] == {"calls": 3, "billed_calls": 3, "cost": "0.12", "currency": "USD"}
 
 
 def test_a_rerun_plans_only_the_rows_whose_output_is_missing(s3, buckets, emulator, products):

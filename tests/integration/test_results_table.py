@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from decimal import Decimal
 
 import pytest
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -95,7 +96,7 @@ def plan_rows(bucket: str, states: dict[str, str]) -> list[PlanRow]:
     ]
 
 
-def made(bucket: str, key: str, cost: str) -> dict:
+def made(bucket: str, key: str) -> dict:
     xcom = EditXCom(
         output_uri=out_uri(bucket, key),
         width=1024,
@@ -107,7 +108,13 @@ def made(bucket: str, key: str, cost: str) -> dict:
         source_uris=[f"s3://in/{key}.jpg"],
         billed_calls=1,
     )
-    return {**xcom.dump(), "cost": cost, "currency": "USD"}
+    return xcom.dump()
+
+
+def priced(run: RunOutcomes, costs: dict[str, str]) -> RunOutcomes:
+    """The run with what its outputs' spend ledgers would say they cost (RunOutcomes.add_spend)."""
+    run.costs, run.currency = {uri: Decimal(cost) for uri, cost in costs.items()}, "USD"
+    return run
 
 
 def test_a_run_table_is_written_once_and_latest_carries_earlier_rows(s3, buckets):
@@ -119,8 +126,9 @@ def test_a_run_table_is_written_once_and_latest_carries_earlier_rows(s3, buckets
     assert list(read_plan(writer, location)) == first_plan
     failure = EditFailure(reason="no such key", error="BetterTokenInputError", for_good=True)
     run_1 = RunOutcomes.from_xcom(
-        [made(buckets.out, "a", "0.04")], [{**failure.dump(), "dest": out_uri(buckets.out, "b")}]
+        [made(buckets.out, "a")], [{**failure.dump(), "dest": out_uri(buckets.out, "b")}]
     )
+    priced(run_1, {out_uri(buckets.out, "a"): "0.04"})
 
     written = write_results_table(writer, read_plan(writer, location), run_1, prefix, "run-1")
 
@@ -148,7 +156,7 @@ def test_a_run_table_is_written_once_and_latest_carries_earlier_rows(s3, buckets
 
     # The next run of the chain: a's output exists (done), b failed for good, d is edited now.
     second_plan = plan_rows(buckets.out, {"a": "done", "b": "failed for good", "c": "bad", "d": "planned"})
-    run_2 = RunOutcomes.from_xcom([made(buckets.out, "d", "0.05")], [])
+    run_2 = priced(RunOutcomes.from_xcom([made(buckets.out, "d")], []), {out_uri(buckets.out, "d"): "0.05"})
     write_results_table(writer, iter(second_plan), run_2, prefix, "run-2", parquet=False)
 
     latest = read_lines(s3, buckets.out, "rows/_results/latest.jsonl")

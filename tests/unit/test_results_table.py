@@ -17,7 +17,6 @@ from airflow_bettertoken.storage.results_table import (
     NO_RECORD,
     ResultRow,
     RunOutcomes,
-    billed_calls_by_output,
     merge_row,
     results_locations,
 )
@@ -64,19 +63,20 @@ FAILED_BEFORE = ResultRow(
     ("plan_row", "results", "failures", "previous", "expected"),
     [
         pytest.param(
-            plan("planned"), [xcom(cost="0.042", currency="USD")], [], None,
-            dict(state="done", width=1024, sha256="ab" * 32, billed_calls=1, cost="0.042", currency="USD",
+            plan("planned"), [xcom(cost="9.99", currency="EUR")], [], None,
+            dict(state="done", width=1024, sha256="ab" * 32, billed_calls=2, cost="0.042", currency="USD",
                  size_matches=True, error=None),
             id="planned-and-made",
         ),
         pytest.param(
             plan("planned"), [xcom(skipped=True)], [], DONE_BEFORE,
-            dict(state="skipped", billed_calls=0, cost=None, sha256="ab" * 32),
+            dict(state="skipped", sha256="ab" * 32),
             id="planned-but-the-edit-found-the-output",
         ),
         pytest.param(
             plan("planned"), [], [failure("BetterTokenRateLimitError", False)], None,
-            dict(state="failed", error="BetterTokenRateLimitError: it went wrong", billed_calls=2),
+            dict(state="failed", error="BetterTokenRateLimitError: it went wrong", billed_calls=2,
+                 cost="0.042"),
             id="planned-and-failed",
         ),
         pytest.param(
@@ -127,7 +127,8 @@ FAILED_BEFORE = ResultRow(
 )  # fmt: skip
 def test_each_row_state(plan_row, results, failures, previous, expected):
     run = RunOutcomes.from_xcom(results, failures, "edit_row")
-    run.billed_calls = {OUT: 2}
+    # What the spend ledger says of OUT (add_spend): what the XCom says of money is never read.
+    run.billed_calls, run.costs, run.currency = {OUT: 2}, {OUT: Decimal("0.042")}, "USD"
     row = merge_row(plan_row, run, previous)
     assert {name: getattr(row, name) for name in expected} == expected
     assert row.key == "sku-1"
@@ -147,30 +148,26 @@ def test_a_row_line_has_exactly_the_columns_and_reads_back():
     assert ResultRow.load(line, "a line") == DONE_BEFORE
 
 
-def test_the_run_cost_sums_one_currency_and_is_unknown_otherwise():
-    one = xcom(cost="0.04", currency="USD")
-    two = {**xcom(cost="0.02", currency="USD"), "output_uri": "s3://out/rows/sku-2.png"}
-    assert RunOutcomes.from_xcom([one, two], []).cost() == (Decimal("0.06"), "USD")
-    mixed = {**two, "currency": "EUR"}
-    assert RunOutcomes.from_xcom([one, mixed], []).cost() is None
-    assert RunOutcomes.from_xcom([xcom()], []).cost() is None
+def call(number: int, by: Holder, outcome: Outcome, cost: str | None = None) -> Call:
+    priced = {"cost": Decimal(cost), "currency": "USD"} if cost else {}
+    return Call(number=number, by=by, token="t", sent_at=1.0, outcome=outcome, **priced)
 
 
-def test_a_cost_that_is_no_number_names_the_task():
-    with pytest.raises(BetterTokenRecordError, match=r"XCom 'return_value' of task 'edit_row' has a cost"):
-        RunOutcomes.from_xcom([xcom(cost="lots")], [], "edit_row")
-
-
-def test_billed_calls_count_the_edits_this_run_sent_or_refused():
+def test_the_spend_counts_the_edits_this_run_sent_or_refused_from_their_ledgers():
     me = Holder("dag", "run-1", "edit_row", 0, 1, "w")
     earlier = Holder("dag", "run-0", "edit_row", 0, 1, "w")
-
-    def call(number: int, by: Holder, outcome: Outcome) -> Call:
-        return Call(number=number, by=by, token="t", sent_at=1.0, outcome=outcome)
-
     sent = OutputLedger(
         OUT,
-        edits=(EditEntry("e1", calls=(call(1, earlier, Outcome.PAID), call(2, me, Outcome.MAYBE_BILLED))),),
+        edits=(
+            EditEntry(
+                "e1",
+                calls=(
+                    call(1, earlier, Outcome.PAID, "0.04"),
+                    call(2, me, Outcome.MAYBE_BILLED, "0.05"),
+                    call(3, me, Outcome.PAID, "0.04"),
+                ),
+            ),
+        ),
     )
     refused = OutputLedger(
         "s3://out/rows/sku-2.png",
@@ -181,10 +178,21 @@ def test_billed_calls_count_the_edits_this_run_sent_or_refused():
     untouched = OutputLedger(
         "s3://out/rows/sku-3.png", edits=(EditEntry("e3", calls=(call(1, earlier, Outcome.PAID),)),)
     )
-    assert billed_calls_by_output([sent, refused, untouched], "dag", "run-1") == {
-        OUT: 2,
-        "s3://out/rows/sku-2.png": 1,
-    }
+    run = RunOutcomes()
+    run.add_spend([sent, refused, untouched], "dag", "run-1")
+    assert run.billed_calls == {OUT: 3, "s3://out/rows/sku-2.png": 1}
+    # This run's calls only: the earlier run paid for its own.
+    assert run.costs == {OUT: Decimal("0.09")} and run.currency == "USD"
+    assert run.cost_of(OUT) == ("0.09", "USD") and run.cost_of("s3://out/rows/sku-2.png") == (None, None)
+
+
+def test_without_a_price_table_a_row_has_no_cost():
+    me = Holder("dag", "run-1", "edit_row", 0, 1, "w")
+    run = RunOutcomes()
+    run.add_spend(
+        [OutputLedger(OUT, edits=(EditEntry("e1", calls=(call(1, me, Outcome.PAID),)),))], "dag", "run-1"
+    )
+    assert run.billed_calls == {OUT: 1} and run.cost_of(OUT) == (None, None)
 
 
 def test_where_the_tables_and_the_plan_go():
