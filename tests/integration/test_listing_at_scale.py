@@ -76,14 +76,16 @@ def test_the_listing_plans_the_first_pending_edits_in_key_order_from_lists_alone
     assert len(lists) == 6 + 2  # 1,000 keys a page: 6 of the 5,004 sources (READMEs too), 2 of outputs
     # The rest is the preflight's, a fixed eight: the bucket, a probe written, read back, written again
     # create-only (which S3 must refuse) and deleted, and one under _bettertoken/ written, read, deleted;
-    # then the chain's record, read and written (this is the chain's first run).
+    # then the chain's record read, the connection's recent costs read for the estimate, and the
+    # chain's record written (this is the chain's first run).
     assert [method for method, _ in others] == [
         *("HEAD", "PUT", "HEAD", "PUT", "POST", "PUT", "HEAD", "POST"),
-        *("GET", "PUT"),
+        *("GET", "GET", "PUT"),
     ]
-    preflight, chain = others[:8], others[8:]
+    preflight, (chain_read, costs, chain_written) = others[:8], others[8:]
     assert all(".bettertoken-preflight" in path or path.rstrip("/").count("/") == 1 for _, path in preflight)
-    assert all("/_bettertoken/chains/" in path for _, path in chain)
+    assert all("/_bettertoken/chains/" in path for _, path in (chain_read, chain_written))
+    assert "/_bettertoken/costs/" in costs[1]
     assert emulator.stats()["posts"] == 0
 
 
