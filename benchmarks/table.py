@@ -211,7 +211,8 @@ def main() -> None:
         f"| the same: CPU of the process, moto's server included | {moto['cpu_s']:.2f} s | |",
         f"| the same: peak RSS of the process, moto and the 100,000-row runs included | "
         f"{moto['rss_mb']:.0f} MB | |",
-        f"| the same: S3 requests | {requests} | a GET, LISTs of the outputs, the PUTs of the plan and the chain record |",
+        f"| the same: S3 requests | {requests} | "
+        "a GET, LISTs of the outputs, the PUTs of the plan and the chain record |",
         "",
         "The tables stream: neither the table nor the plan file is held whole, only the chunk's edits",
         "and the set of existing outputs (one LIST of `dest_prefix`).",
