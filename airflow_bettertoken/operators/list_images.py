@@ -17,7 +17,7 @@ from airflow_bettertoken.operators.preflight import preflight
 from airflow_bettertoken.protocol.budget import SpendPlan
 from airflow_bettertoken.storage.chain import (
     ChainState,
-    chain_location,
+    chain_record,
     progress_line,
     with_reservation,
     with_window_of,
@@ -33,9 +33,7 @@ from airflow_bettertoken.storage.listing import (
 )
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.objects import ImageStore
-from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
-from airflow_bettertoken.storage.typed_record import TypedRecord
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -239,13 +237,8 @@ class BetterTokenListImagesOperator(BaseOperator):
     ) -> tuple[Plan, ChainState, SpendPlan]:
         """This run's chunk of its chain, what fits its caps, and the chain's record with this run's
         window and reservation written in."""
-        record = TypedRecord(
-            ChainState,
-            ConditionalRecord(
-                self.store.s3_hook,
-                chain_location(dest.bucket, ti.dag_id, ti.run_id),
-                extra_args=self.s3_extra_args,
-            ),
+        record = chain_record(
+            self.store.s3_hook, dest.bucket, ti.dag_id, ti.run_id, extra_args=self.s3_extra_args
         )
         chain = record.read()
         same = chain if chain is not None and chain.source_uri == source.uri else None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +16,12 @@ from airflow_bettertoken.operators._spend_cap import ESTIMATE_KEY, SpendCap
 from airflow_bettertoken.operators._xcom import task_id_of
 from airflow_bettertoken.operators.next_chunk import is_on
 from airflow_bettertoken.operators.preflight import preflight
-from airflow_bettertoken.protocol.result import names_sources
-from airflow_bettertoken.protocol.rows import PlannedRow, RowSpec
+from airflow_bettertoken.protocol.rows import RowSpec
 from airflow_bettertoken.protocol.templates import is_template
 from airflow_bettertoken.storage.chain import (
     ChainState,
     Window,
-    chain_location,
+    chain_record,
     chain_root,
     with_reservation,
     with_window_of,
@@ -33,8 +30,7 @@ from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings, 
 from airflow_bettertoken.storage.listing import COUNTS_KEY
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix, parse_s3_uri
 from airflow_bettertoken.storage.objects import ImageStore
-from airflow_bettertoken.storage.records import ConditionalRecord
-from airflow_bettertoken.storage.row_planning import RowPlanner, outputs_found
+from airflow_bettertoken.storage.row_planning import RowPlanner, outputs_found, prompts_changed
 from airflow_bettertoken.storage.s3_extra_args import S3ExtraArgs
 from airflow_bettertoken.storage.table_plan import table_plan_location, write_plan
 from airflow_bettertoken.storage.tables import Unreadable, read_rows, table_format_of
@@ -43,25 +39,11 @@ from airflow_bettertoken.storage.typed_record import TypedRecord
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
-    from airflow_bettertoken.storage.s3_io import ObjectRead
 
 __all__ = ["BetterTokenListRowsOperator"]
 
-# HEADs in flight when looking at what made the outputs of done rows.
-_PARALLEL_HEADS = 8
 # Bad rows named in the log; the plan file has them all, the findings the first 100.
 _LOGGED_BAD_ROWS = 10
-
-
-def _made_otherwise(row: PlannedRow, head: ObjectRead) -> bool:
-    """Whether the output's metadata names another prompt, size or sources than the row's; an output
-    that names none (not made by an edit) is left as it is."""
-    meta = head.metadata
-    if not head.found or "prompt-sha256" not in meta:
-        return False
-    prompt = hashlib.sha256(row.prompt.encode()).hexdigest()
-    size = meta.get("requested-size", row.size)
-    return meta["prompt-sha256"] != prompt or size != row.size or not names_sources(meta, list(row.sources))
 
 
 class BetterTokenListRowsOperator(BaseOperator):
@@ -227,7 +209,7 @@ class BetterTokenListRowsOperator(BaseOperator):
                     spec,
                     before.planned,
                     outputs_found(self.store, dest) if self.only_pending else None,
-                    self._prompts_changed
+                    prompts_changed(self.store)
                     if self.only_pending and is_on(self.replan_changed_prompts)
                     else None,
                     failed_for_good={}
@@ -323,13 +305,8 @@ class BetterTokenListRowsOperator(BaseOperator):
     ) -> tuple[TypedRecord, ChainState, ChainState | None]:
         """The chain's record; the chain as this run plans it, the earlier runs' failures kept; and the
         chain as the earlier runs left it, whose spend the cap counts (None on a chain's first run)."""
-        record = TypedRecord(
-            ChainState,
-            ConditionalRecord(
-                self.store.s3_hook,
-                chain_location(dest.bucket, ti.dag_id, ti.run_id),
-                extra_args=self.s3_extra_args,
-            ),
+        record = chain_record(
+            self.store.s3_hook, dest.bucket, ti.dag_id, ti.run_id, extra_args=self.s3_extra_args
         )
         window = Window(ti.run_id, after="", through="")
         current = record.read()
@@ -343,18 +320,6 @@ class BetterTokenListRowsOperator(BaseOperator):
             windows=(window,),
         )
         return record, fresh, None
-
-    def _prompts_changed(self, rows: list[PlannedRow]) -> Collection[str]:
-        """The keys of these done rows whose output was made with another prompt, size or sources.
-
-        One HEAD per output, a few at a time: the output's S3 metadata says what made it. Its spend
-        ledger cannot: a replaced output's edit is named after the task that replaced it as well.
-        """
-        io = self.store.io
-        io.client  # noqa: B018 (one client, made before the threads share it)
-        with ThreadPoolExecutor(max_workers=_PARALLEL_HEADS) as pool:
-            heads = pool.map(lambda row: io.head(parse_s3_uri(row.dest, "dest")), rows)
-            return {row.key for row, head in zip(rows, heads, strict=True) if _made_otherwise(row, head)}
 
     def _report(self, planner: RowPlanner, plan_uri: str, source_uri: str) -> None:
         counts = planner.row_counts()

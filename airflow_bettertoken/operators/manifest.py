@@ -18,13 +18,12 @@ from airflow_bettertoken.operators.next_chunk import DECISION_KEY, ChunkDecision
 from airflow_bettertoken.protocol.result import EditFailure, EditXCom
 from airflow_bettertoken.protocol.review import ReviewRecord
 from airflow_bettertoken.protocol.spend import OutputLedger, run_currency, run_spend
-from airflow_bettertoken.storage.chain import ChainState, chain_location, run_line
+from airflow_bettertoken.storage.chain import ChainState, chain_record, run_line
 from airflow_bettertoken.storage.costs import cost_history_location, paid_costs, record_run_costs
 from airflow_bettertoken.storage.findings import FINDINGS_KEY, ListingFindings
 from airflow_bettertoken.storage.ledger import read_ledgers
 from airflow_bettertoken.storage.listing import COUNTS_KEY, ListingCounts
 from airflow_bettertoken.storage.locations import S3Location, output_location, parse_dest, parse_s3_uri
-from airflow_bettertoken.storage.records import ConditionalRecord
 from airflow_bettertoken.storage.review import ReviewStore, review_location
 from airflow_bettertoken.storage.run_manifest import (
     RunManifest,
@@ -33,7 +32,6 @@ from airflow_bettertoken.storage.run_manifest import (
     write_manifests,
 )
 from airflow_bettertoken.storage.table_plan import chain_key_of
-from airflow_bettertoken.storage.typed_record import TypedRecord
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -254,12 +252,7 @@ class BetterTokenManifestOperator(S3Writer, BaseOperator):
         started = getattr(context.get("dag_run"), "start_date", None)
         started_at, finished_at = (started.timestamp() if started else None), time.time()
         bucket = parse_s3_uri(planned[0]["dest"], "dest").bucket
-        record = TypedRecord(
-            ChainState,
-            ConditionalRecord(
-                self.s3_hook, chain_location(bucket, ti.dag_id, ti.run_id), extra_args=self.s3_write_args
-            ),
-        )
+        record = chain_record(self.s3_hook, bucket, ti.dag_id, ti.run_id, extra_args=self.s3_write_args)
 
         def settle(current: ChainState | None) -> ChainState | None:
             if current is None:

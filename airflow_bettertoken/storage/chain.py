@@ -30,8 +30,12 @@ from airflow_bettertoken.protocol.record import Record, record
 from airflow_bettertoken.protocol.result import EditFailure, first_line
 from airflow_bettertoken.protocol.spend import RunSpend
 from airflow_bettertoken.storage.locations import RESERVED_PREFIX, S3Location
+from airflow_bettertoken.storage.records import ConditionalRecord
+from airflow_bettertoken.storage.typed_record import TypedRecord
 
 if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
     from airflow_bettertoken.storage.run_manifest import RunManifest
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "RunResult",
     "Window",
     "chain_location",
+    "chain_record",
     "chain_root",
     "duration",
     "failed_edit",
@@ -76,6 +81,14 @@ def chain_location(bucket: str, dag_id: str, run_id: str) -> S3Location:
     """Where the chain of ``run_id`` keeps its record."""
     root = re.sub(r"[^A-Za-z0-9._-]+", "_", chain_root(run_id))
     return S3Location(bucket, f"{RESERVED_PREFIX}chains/{dag_id}/{root}.json")
+
+
+def chain_record(
+    s3_hook: S3Hook, bucket: str, dag_id: str, run_id: str, *, extra_args: Mapping[str, Any] | None = None
+) -> TypedRecord[ChainState]:
+    """The chain's record of ``run_id``, read and updated conditionally (each run of the chain writes it)."""
+    location = chain_location(bucket, dag_id, run_id)
+    return TypedRecord(ChainState, ConditionalRecord(s3_hook, location, extra_args=extra_args))
 
 
 @record

@@ -9,11 +9,14 @@ elsewhere), and, when asked, what made those that exist, to find rows whose prom
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_bettertoken.exceptions import BetterTokenInputError
+from airflow_bettertoken.protocol.result import names_sources
 from airflow_bettertoken.protocol.rows import BadRow, PlannedRow, RowSpec, Seen, plan_row
 from airflow_bettertoken.storage.findings import MAX_REPORTED_KEYS
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_uri
@@ -21,10 +24,15 @@ from airflow_bettertoken.storage.objects import ImageStore
 from airflow_bettertoken.storage.table_plan import PlanEntry, PlanRow, RowCounts
 from airflow_bettertoken.storage.tables import Unreadable
 
-__all__ = ["RowPlanner"]
+if TYPE_CHECKING:
+    from airflow_bettertoken.storage.s3_io import ObjectRead
+
+__all__ = ["RowPlanner", "outputs_found", "prompts_changed"]
 
 # Rows settled together: one lookup of their outputs (and ledgers) per batch.
 _BATCH = 1000
+# HEADs in flight when looking at what made the outputs of done rows.
+_PARALLEL_HEADS = 8
 
 
 @dataclass
@@ -171,3 +179,31 @@ def outputs_found(store: ImageStore, dest: S3Location) -> Callable[[list[str]], 
         }
 
     return found
+
+
+def prompts_changed(store: ImageStore) -> Callable[[list[PlannedRow]], Collection[str]]:
+    """Of a batch's done rows, the keys whose output was made with another prompt, size or sources.
+
+    One HEAD per output, a few at a time: the output's S3 metadata says what made it. Its spend ledger
+    cannot: a replaced output's edit is named after the task that replaced it as well.
+    """
+
+    def changed(rows: list[PlannedRow]) -> Collection[str]:
+        io = store.io
+        io.client  # noqa: B018 (one client, made before the threads share it)
+        with ThreadPoolExecutor(max_workers=_PARALLEL_HEADS) as pool:
+            heads = pool.map(lambda row: io.head(parse_s3_uri(row.dest, "dest")), rows)
+            return {row.key for row, head in zip(rows, heads, strict=True) if _made_otherwise(row, head)}
+
+    return changed
+
+
+def _made_otherwise(row: PlannedRow, head: ObjectRead) -> bool:
+    """Whether the output's metadata names another prompt, size or sources than the row's; an output
+    that names none (not made by an edit) is left as it is."""
+    meta = head.metadata
+    if not head.found or "prompt-sha256" not in meta:
+        return False
+    prompt = hashlib.sha256(row.prompt.encode()).hexdigest()
+    size = meta.get("requested-size", row.size)
+    return meta["prompt-sha256"] != prompt or size != row.size or not names_sources(meta, list(row.sources))
