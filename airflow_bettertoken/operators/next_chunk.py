@@ -119,11 +119,12 @@ class BetterTokenNextChunkOperator(TriggerDagRunOperator):
             if spend
             else None
         )
-        if not is_on(self.until_done):
-            reason = "until_done is off: this run is the only one"
-        elif blocked or (plan is not None and plan.stopped_by_cap):
+        # The cap is told first: with until_done off too, the user learns how to go on under it.
+        if blocked or (plan is not None and plan.stopped_by_cap):
             reason = self._stopped_by_cap(context, plan, blocked, remaining)
             self.log.warning("%s", reason)
+        elif not is_on(self.until_done):
+            reason = "until_done is off: this run is the only one"
         elif not remaining:
             reason = f"no images remain to be planned: this was the last run{left_alone}"
         elif not finished and not for_good:

@@ -82,6 +82,7 @@ def run_chunk(
     max_edits: int,
     pool: int = 1,
     rows: list | None = None,
+    until_done: bool = True,
     **caps: Any,
 ) -> RunStub:
     """One run of the chain: plan (the catalog's listing, or with ``rows`` a table's row planner),
@@ -110,7 +111,9 @@ def run_chunk(
 
     with ThreadPoolExecutor(max_workers=pool) as workers:
         list(workers.map(edit, range(len(edits))))
-    next_chunk = BetterTokenNextChunkOperator(task_id="next_chunk", edits=[], results=[], until_done=True)
+    next_chunk = BetterTokenNextChunkOperator(
+        task_id="next_chunk", edits=[], results=[], until_done=until_done
+    )
     next_chunk.listing_task_id = PLANNER
     next_chunk.results = run.mapped("edit_image", "return_value")
     next_chunk.failures = run.mapped("edit_image", "failure")
@@ -266,6 +269,17 @@ def test_a_chain_stopped_by_its_cap_resumes_when_it_is_raised_paying_nothing_aga
     assert len(s3.list_objects_v2(Bucket=buckets.out, Prefix="edited/item-")["Contents"]) == 10
     chain = chain_of(s3, buckets, "chain")
     assert chain.done == 10 and chain.max_spend == Decimal("1.00") and chain.spend.cost == Decimal("0.40")
+
+
+def test_a_run_stopped_by_its_cap_says_how_to_go_on_with_until_done_off_too(
+    s3, buckets, emulator, connection, catalog
+):
+    catalog(10)
+    conn_id = connection({"prices": PER_IMAGE})
+    run = run_chunk(buckets, "single", conn_id, max_edits=10, max_spend="0.20", until_done=False)
+    assert estimate_of(run).planned == 5 and emulator.stats()["posts"] == 5
+    # The next chunk's run id continues the chain under its cap: a new run id would start another chain.
+    assert "spend cap is reached" in run.skipped and "--run-id single__chunk2" in run.skipped
 
 
 def test_unreadable_budget_records_send_nothing(s3, buckets, emulator, connection, catalog, faulty_s3):
