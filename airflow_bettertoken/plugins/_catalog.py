@@ -1,6 +1,8 @@
-"""Where a catalog backfill stands: the chain's own record in S3, found from a DAG run.
+"""Where a catalog backfill (or a table's enrichment) stands: the chain's own record in S3, found from a
+DAG run.
 
-The record is found from what only the worker writes: the rendered fields of the run's listing task
+The record is found from what only the worker writes: the rendered fields of the run's planner (the
+catalog listing, or a table's row planner)
 (its ``dest_prefix`` names the bucket, its ``aws_conn_id`` the connection, unless an admin's
 ``[bettertoken] gallery_aws_conn_id`` says otherwise). The key is fixed by the DAG and the run:
 ``_bettertoken/chains/<dag>/<first run of the chain>.json``. Nothing read from XCom, a query string or
@@ -23,15 +25,13 @@ from airflow_bettertoken.exceptions import (
     BetterTokenRecordError,
     BetterTokenStorageError,
 )
-from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+from airflow_bettertoken.plugins._edit_tasks import LISTING_FIELDS
 from airflow_bettertoken.plugins._images import S3Objects
 from airflow_bettertoken.storage.chain import ChainState, chain_location, chain_root
 from airflow_bettertoken.storage.locations import S3Location, parse_s3_prefix
 from airflow_bettertoken.storage.s3_extra_args import read_args_of
 from airflow_bettertoken.storage.s3_io import Presence
 
-#: The template fields that make a task a catalog listing (a subclass keeps them).
-_LISTING_FIELDS = {"source_prefix", "dest_prefix", "replan_failed"}
 _DEFAULT_AWS_CONN_ID = "aws_default"
 # The chain's record is small, but nothing read here may be large.
 _MAX_RECORD_BYTES = 8 * 1024 * 1024
@@ -59,7 +59,7 @@ def listing_fields(session: Session, dag_id: str, run_id: str) -> Mapping[str, A
         .order_by(rtif.task_id)
     ).all()
     for _, fields in found:
-        if isinstance(fields, Mapping) and set(fields) >= _LISTING_FIELDS:
+        if isinstance(fields, Mapping) and set(fields) >= LISTING_FIELDS:
             return fields
     return None
 
@@ -109,7 +109,3 @@ def find_catalog(
     if (state.dag_id, state.root_run_id, state.dest_uri) != (dag_id, chain_root(run_id), dest.uri):
         return Catalog(None, location, "the chain record names another DAG, chain or destination")
     return Catalog(state, location)
-
-
-# The listing's fields of a catalog, kept in step with the operator: a renamed one breaks the page.
-assert set(BetterTokenListImagesOperator.template_fields) >= _LISTING_FIELDS

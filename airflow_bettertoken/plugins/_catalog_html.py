@@ -18,7 +18,8 @@ from airflow_bettertoken.storage.chain import ChainState, duration
 FAILURES_PER_PAGE = 50
 BUDGET_ERROR = "BetterTokenBudgetError"
 NO_CATALOG = (
-    "This run has no catalog backfill: its DAG has no BetterToken listing task. Airflow shows a plugin's "
+    "This run has no catalog backfill or table enrichment: its DAG has no BetterToken listing or row "
+    "planner task. Airflow shows a plugin's "
     "tabs on every DAG; an admin can hide this one with [bettertoken] catalog_tab = False."
 )
 

@@ -23,14 +23,17 @@ from sqlalchemy.orm import Session
 from airflow_bettertoken.operators._links import OutputImageLink
 from airflow_bettertoken.operators.image_edit import BetterTokenImageEditOperator
 from airflow_bettertoken.operators.list_images import BetterTokenListImagesOperator
+from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
 from airflow_bettertoken.protocol.templates import is_template
 from airflow_bettertoken.storage.s3_extra_args import ReadArgs, read_args_of
 
 #: What a mapped edit uses when its DAG does not pass aws_conn_id to partial().
 DEFAULT_AWS_CONN_ID = inspect.signature(BetterTokenImageEditOperator).parameters["aws_conn_id"].default
 _MARKER = (OutputImageLink.name, OutputImageLink().xcom_key)
-#: The template fields that make a task a catalog listing (a subclass keeps them).
-LISTING_FIELDS = frozenset({"source_prefix", "dest_prefix", "replan_failed"})
+#: The template fields that make a task the planner of a chain, which keeps a chain record: the catalog
+#: listing, or a table's row planner (a subclass keeps them).
+LISTING_FIELDS = frozenset({"dest_prefix", "replan_failed"})
+PLANNERS = (BetterTokenListImagesOperator, BetterTokenListRowsOperator)
 # Parsed DAG versions kept; a version's JSON does not change once task instances point at it.
 _CACHED_VERSIONS = 64
 
@@ -200,5 +203,5 @@ class EditTaskIndex:
         return found
 
 
-# The listing's fields, kept in step with the operator: a renamed one would hide the catalog page.
-assert set(BetterTokenListImagesOperator.template_fields) >= LISTING_FIELDS
+# The planners' fields, kept in step with the operators: a renamed one would hide the catalog page.
+assert all(set(planner.template_fields) >= LISTING_FIELDS for planner in PLANNERS)

@@ -99,6 +99,21 @@ def test_an_edit_knows_whether_it_is_mapped_and_the_tasks_it_waits_on_nearest_fi
     assert (found.edits[cover.task_id].mapped, found.edits[cover.task_id].upstream) == (False, ())
 
 
+def test_a_table_row_planner_has_a_catalog_too():
+    from airflow.sdk import DAG
+
+    from airflow_bettertoken.operators.list_rows import BetterTokenListRowsOperator
+    from airflow_bettertoken.plugins._edit_tasks import dag_tasks_of
+
+    with DAG(dag_id="table", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        rows = BetterTokenListRowsOperator(
+            task_id="list_rows", table_uri="s3://in/t.csv", dest_prefix="s3://o/e/", prompt_template="p"
+        )
+        BetterTokenImageEditOperator.partial(task_id="edit_row").expand_kwargs(rows.output)
+
+    assert dag_tasks_of(serialize_dag(dag)).has_listing
+
+
 def test_a_dag_without_a_listing_has_no_catalog():
     from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.sdk import DAG

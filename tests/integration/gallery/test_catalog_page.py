@@ -113,3 +113,22 @@ def test_the_catalog_view_in_chromium(browser, server, chain, tmp_path):
 
     assert shown == ("4", "5")
     assert rows == 1 + 3 + 1 + 1  # the runs' head and 3 runs, the failures' head and 1 failure
+
+
+def test_a_table_enrichment_run_shows_its_chain(s3, buckets, sandbox, server):
+    """The products example (a table's row planner, not a catalog listing): its run's catalog page
+    shows its chain's record, found from the row planner's rendered fields."""
+    sandbox.emulator.control.reset()
+    if "bettertoken-out" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="bettertoken-out")  # where the example writes its results tables
+    dag = load_dag("bettertoken_products_enrichment")
+    conf = {"in_bucket": buckets.src, "out_bucket": buckets.out, "max_edits_per_run": 5}
+
+    run = dag.test(run_conf=conf)
+    page = get(server, run_path(dag.dag_id, run.run_id) + "/catalog", "viewer")
+
+    assert run.state == "success"
+    assert page.status_code == 200, page.text[-500:]
+    assert "has no catalog backfill" not in page.text
+    assert '<progress class="catalog" max="20" value="5">' in page.text
+    sandbox.emulator.control.reset()
