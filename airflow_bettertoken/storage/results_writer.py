@@ -9,6 +9,7 @@ create-only, and copied over ``latest``.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import tempfile
 from collections import Counter
@@ -36,6 +37,7 @@ __all__ = ["TableWritten", "has_parquet", "write_results_table"]
 
 #: Rows per Parquet row group, and per batch of SQLite inserts: a few megabytes each.
 BATCH_ROWS = 5000
+log = logging.getLogger(__name__)
 JSONL = (".jsonl", "application/x-ndjson")
 PARQUET = (".parquet", "application/vnd.apache.parquet")
 
@@ -44,7 +46,10 @@ def has_parquet() -> bool:
     """Whether pyarrow is installed, so that the table is also written as Parquet."""
     try:
         import pyarrow.parquet  # noqa: F401
-    except ImportError:
+    except ModuleNotFoundError:
+        return False
+    except ImportError as err:  # installed, but it cannot load: say so rather than drop Parquet unseen
+        log.warning("pyarrow cannot be imported (%s): the results table is written as JSON Lines only", err)
         return False
     return True
 

@@ -170,9 +170,10 @@ def _csv_rows(lines: Iterator[str], uri: str) -> Iterator[tuple[int, Mapping[str
 def _parquet_rows(body: BinaryIO, uri: str) -> Iterator[tuple[int, Mapping[str, Any] | Unreadable]]:
     try:
         import pyarrow.parquet as pq
-    except ImportError:
+    except ImportError as err:  # not installed, or installed and unable to load
         raise BetterTokenInputError(
-            f"table {uri} is Parquet, which needs pyarrow: pip install pyarrow, or write JSON Lines or CSV"
+            f"table {uri} is Parquet, which needs pyarrow ({err}): install a pyarrow that loads here, or "
+            "write JSON Lines or CSV"
         ) from None
     # Parquet's footer is at the end: the file is spooled to disk first, then read a batch at a time.
     with tempfile.TemporaryFile() as spool:

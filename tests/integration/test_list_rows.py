@@ -11,7 +11,6 @@ import contextlib
 import csv
 import io
 import json
-from collections import defaultdict
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
@@ -58,6 +57,16 @@ class RunStub:
     def mapped(self, task_id: str, key: str) -> list[Any]:
         found = sorted((i, v) for (t, i, k), v in self.xcoms.items() if t == task_id and k == key)
         return [value for _, value in found]
+
+
+class OutletEvents:
+    """The task's ``outlet_events``: one event's extra for every outlet (Airflow 3.0's Asset is no key)."""
+
+    def __init__(self) -> None:
+        self.extra: dict = {}
+
+    def __getitem__(self, outlet: Any) -> OutletEvents:
+        return self
 
 
 def plan(buckets, run_id: str = "table", **arguments: Any) -> tuple[list[dict], RunStub]:
@@ -214,7 +223,7 @@ def test_the_results_table_costs_each_row_from_its_spend_ledger(s3, buckets, emu
     table.edits = edits
     table.results = run.mapped("edit_image", "return_value")
     table.failures = run.mapped("edit_image", "failure")
-    context = {**run.context("write_results_table"), "outlet_events": defaultdict(SimpleNamespace)}
+    context = {**run.context("write_results_table"), "outlet_events": OutletEvents()}
 
     extra = table.execute(context)
 
